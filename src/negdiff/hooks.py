@@ -1,0 +1,221 @@
+"""Hooks as context managers: read pre-activations (``capture``) and edit them (``intervene``).
+
+Hooks are registered on the activation module where it sits in the Hugging Face model (never a
+reimplementation), kept as exact handles, and removed in ``finally`` so an exception inside the block
+cannot leave a model silently ablated. Nothing here removes hooks it did not add, so a user's outer
+interventions survive an inner ``capture``. Hooks run in registration order: a ``capture`` opened
+inside an ``intervene`` sees what the activation actually receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from negdiff.errors import NegdiffError
+from negdiff.neuronset import NeuronSet
+from negdiff.sites import Site, resolve
+
+#: Edits applied to the activation's *input* h on the selected channels.
+PRE_MODES = {
+    "zero_negative": "h -> max(h, 0): the paper's sign-specific ablation",
+    "zero_positive": "h -> min(h, 0)",
+    "zero": "h -> 0: the neuron is removed",
+    "mean": "h -> a given per-neuron value (mean ablation)",
+}
+#: Edits applied to the activation's *output* on the selected channels (sign-vs-magnitude controls).
+POST_MODES = {
+    "identity_positive": "act(h) -> h where h > 0 (negative inputs keep the original activation)",
+    "abs_negative_output": "act(h) -> |act(h)| (negative outputs made positive)",
+}
+MODES = {**PRE_MODES, **POST_MODES}
+
+
+def _sites_for(model: nn.Module, sites: list[Site] | None) -> list[Site]:
+    return sites if sites is not None else resolve(model)
+
+
+def check_mode(mode: str) -> None:
+    """Raise a clear error for an unknown intervention mode."""
+    if mode not in MODES:
+        raise NegdiffError(f"unknown intervention mode '{mode}'; choose one of: {', '.join(MODES)}")
+
+
+def _edit_pre(h: torch.Tensor, idx: torch.Tensor, mode: str, values: torch.Tensor | None) -> torch.Tensor:
+    sel = h.index_select(-1, idx)
+    if mode == "zero_negative":
+        new = sel.clamp_min(0)
+    elif mode == "zero_positive":
+        new = sel.clamp_max(0)
+    elif mode == "zero":
+        new = torch.zeros_like(sel)
+    else:  # mean
+        new = values.to(device=h.device, dtype=h.dtype).expand_as(sel)
+    return h.index_copy(-1, idx, new)
+
+
+def _edit_post(h: torch.Tensor, out: torch.Tensor, idx: torch.Tensor, mode: str) -> torch.Tensor:
+    sel = out.index_select(-1, idx)
+    if mode == "identity_positive":
+        hin = h.index_select(-1, idx)
+        new = torch.where(hin > 0, hin, sel)
+    else:  # abs_negative_output
+        new = sel.abs()
+    return out.index_copy(-1, idx, new)
+
+
+@contextmanager
+def intervene(
+    model: nn.Module,
+    neurons: NeuronSet,
+    mode: str = "zero_negative",
+    values: dict[int, torch.Tensor] | None = None,
+    sites: list[Site] | None = None,
+) -> Iterator[NeuronSet]:
+    """Edit the selected neurons' pre-activations (or activation outputs) while the block runs.
+
+    ``values`` (mode ``mean`` only) maps layer -> a tensor aligned with ``neurons.indices(layer)``.
+    Layers without selected neurons get no hook, so an empty set is bit-identical to no hook.
+    """
+    check_mode(mode)
+    sites = _sites_for(model, sites)
+    neurons.validate(sites)
+    if mode == "mean":
+        if values is None:
+            raise NegdiffError("mode 'mean' needs per-neuron values (values={layer: tensor})")
+        for layer in neurons.layers:
+            if layer not in values or len(values[layer]) != len(neurons.indices(layer)):
+                raise NegdiffError(f"mode 'mean': layer {layer} needs {len(neurons.indices(layer))} values")
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        for site in sites:
+            idx_cpu = neurons.indices(site.layer)
+            if len(idx_cpu) == 0:
+                continue
+            cache: dict[torch.device, torch.Tensor] = {}
+
+            def on_device(dev: torch.device, idx_cpu: torch.Tensor = idx_cpu, cache: dict = cache) -> torch.Tensor:
+                if dev not in cache:
+                    cache[dev] = idx_cpu.to(dev)
+                return cache[dev]
+
+            if mode in PRE_MODES:
+                vals = None if values is None else torch.as_tensor(values[site.layer])
+
+                def pre_hook(_mod, args, on_device=on_device, vals=vals):
+                    h = args[0]
+                    return (_edit_pre(h, on_device(h.device), mode, vals), *args[1:])
+
+                handles.append(site.act_module.register_forward_pre_hook(pre_hook))
+            else:
+
+                def post_hook(_mod, args, out, on_device=on_device):
+                    return _edit_post(args[0], out, on_device(out.device), mode)
+
+                handles.append(site.act_module.register_forward_hook(post_hook))
+        yield neurons
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to skip the rest of the model (the LM head is not needed by a scan)."""
+
+
+@dataclass
+class Trace:
+    """What :func:`capture` saw in the latest forward pass.
+
+    ``pre[layer]`` is the activation input (pre-activations, ``[batch, seq, width]``) and ``mlp_in[layer]``
+    the projection input (``[batch, seq, d_model]``), both from the *latest* batch only: a streaming
+    consumer reads them (or receives them through ``fn``) batch by batch, so memory never grows with the
+    corpus. Tensors stay on the model's device and dtype; upcast before accumulating.
+    """
+
+    model: nn.Module
+    sites: list[Site]
+    pre: dict[int, torch.Tensor] = field(default_factory=dict)
+    mlp_in: dict[int, torch.Tensor] = field(default_factory=dict)
+    stop_after_last: bool = False
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """Run the model on a batch; with ``stop_after_last`` the run ends after the last hooked layer."""
+        self.pre.clear()
+        self.mlp_in.clear()
+        try:
+            with torch.inference_mode():
+                return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        except _StopForward:
+            return None
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    layers: list[int] | None = None,
+    *,
+    what: tuple[str, ...] = ("pre",),
+    fn: Callable[[str, int, torch.Tensor], None] | None = None,
+    keep: bool = True,
+    stop_after_last: bool = False,
+    sites: list[Site] | None = None,
+) -> Iterator[Trace]:
+    """Read pre-activations (``"pre"``) and/or MLP inputs (``"mlp_in"``) of the chosen layers.
+
+    ``fn(what, layer, tensor)`` is called as each tensor is produced (the streaming interface);
+    ``keep=False`` then stops the trace from holding even the latest batch. Use ``trace.forward(...)``
+    to run the model so that ``stop_after_last`` can end the pass early without an error.
+    """
+    sites = _sites_for(model, sites)
+    bad = [w for w in what if w not in ("pre", "mlp_in")]
+    if bad:
+        raise NegdiffError(f"capture: unknown tensor kind {bad}; use 'pre' and/or 'mlp_in'")
+    chosen = list(range(len(sites))) if layers is None else sorted({int(x) for x in layers})
+    for layer in chosen:
+        if not 0 <= layer < len(sites):
+            raise NegdiffError(f"capture: layer {layer} out of range 0..{len(sites) - 1}")
+    trace = Trace(model, sites, stop_after_last=stop_after_last)
+    last = chosen[-1] if chosen else None
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def record(kind: str, layer: int, t: torch.Tensor) -> None:
+        t = t.detach()
+        if fn is not None:
+            fn(kind, layer, t)
+        if keep:
+            (trace.pre if kind == "pre" else trace.mlp_in)[layer] = t
+
+    try:
+        for layer in chosen:
+            site = sites[layer]
+            if "mlp_in" in what:
+
+                def proj_hook(_mod, args, layer=layer):
+                    record("mlp_in", layer, args[0])
+
+                handles.append(site.proj_module.register_forward_pre_hook(proj_hook))
+
+            def act_hook(_mod, args, layer=layer, site=site):
+                if "pre" in what:
+                    h = args[0]
+                    if site.proj_layout == "fused_gate_up" and h.shape[-1] != site.width:
+                        raise NegdiffError(f"layer {layer}: activation input width {h.shape[-1]} != {site.width}")
+                    record("pre", layer, h)
+                if stop_after_last and layer == last:
+                    raise _StopForward
+
+            handles.append(site.act_module.register_forward_pre_hook(act_hook))
+        yield trace
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def hook_count(model: nn.Module) -> int:
+    """Number of forward (pre-)hooks registered anywhere in ``model`` (for leak tests)."""
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())

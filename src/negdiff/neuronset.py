@@ -1,0 +1,174 @@
+"""NeuronSet: which neurons an intervention touches, as plain data.
+
+A set maps layer -> sorted unique indices and carries the rule that made it (e.g. "top 1% WD per layer,
+scan <hash>"), so every result file says exactly what was ablated. It round-trips through JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from negdiff.errors import NegdiffError
+from negdiff.sites import Site, neuron_name
+
+FORMAT = "negdiff.neuronset/1"
+
+
+def _as_index(values: Iterable[int] | torch.Tensor) -> torch.Tensor:
+    idx = torch.as_tensor(list(values) if not isinstance(values, torch.Tensor) else values, dtype=torch.long)
+    return torch.unique(idx.flatten().cpu())  # sorted, unique
+
+
+@dataclass
+class NeuronSet:
+    """A set of neurons: ``{layer: LongTensor of indices}`` plus the rule that selected them."""
+
+    neurons: dict[int, torch.Tensor] = field(default_factory=dict)
+    rule: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        clean = {}
+        for layer, idx in self.neurons.items():
+            idx = _as_index(idx)
+            if len(idx):
+                clean[int(layer)] = idx
+        self.neurons = dict(sorted(clean.items()))
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def empty(cls) -> NeuronSet:
+        """The empty set: an intervention with it is the baseline, bit for bit."""
+        return cls({})
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[int, int]], rule: dict | None = None) -> NeuronSet:
+        """Build from ``(layer, index)`` pairs."""
+        by_layer: dict[int, list[int]] = {}
+        for layer, index in pairs:
+            by_layer.setdefault(int(layer), []).append(int(index))
+        return cls({k: torch.tensor(v) for k, v in by_layer.items()}, rule or {})
+
+    @classmethod
+    def from_names(cls, names: Iterable[str], rule: dict | None = None) -> NeuronSet:
+        """Build from printed names like ``L3.N1021``."""
+        pairs = []
+        for name in names:
+            try:
+                layer, index = name.strip().split(".")
+                assert layer[0] == "L" and index[0] == "N"
+                pairs.append((int(layer[1:]), int(index[1:])))
+            except (ValueError, AssertionError, IndexError):
+                raise NegdiffError(f"bad neuron name '{name}': expected the form L<layer>.N<index>, e.g. L3.N1021") from None
+        return cls.from_pairs(pairs, rule)
+
+    # ---------------------------------------------------------------- views
+    @property
+    def layers(self) -> list[int]:
+        return list(self.neurons)
+
+    @property
+    def size(self) -> int:
+        return sum(len(v) for v in self.neurons.values())
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for layer, idx in self.neurons.items():
+            for i in idx.tolist():
+                yield layer, i
+
+    def __contains__(self, item: tuple[int, int]) -> bool:
+        layer, index = item
+        idx = self.neurons.get(int(layer))
+        return idx is not None and bool((idx == int(index)).any())
+
+    def indices(self, layer: int) -> torch.Tensor:
+        """Indices in ``layer`` (an empty tensor when none)."""
+        return self.neurons.get(int(layer), torch.empty(0, dtype=torch.long))
+
+    def counts(self) -> dict[int, int]:
+        return {layer: len(idx) for layer, idx in self.neurons.items()}
+
+    def names(self) -> list[str]:
+        return [neuron_name(layer, i) for layer, i in self]
+
+    # ---------------------------------------------------------------- algebra
+    def union(self, other: NeuronSet) -> NeuronSet:
+        layers = set(self.neurons) | set(other.neurons)
+        return NeuronSet({k: torch.cat([self.indices(k), other.indices(k)]) for k in layers})
+
+    def difference(self, other: NeuronSet) -> NeuronSet:
+        out = {}
+        for k, idx in self.neurons.items():
+            keep = ~torch.isin(idx, other.indices(k))
+            out[k] = idx[keep]
+        return NeuronSet(out)
+
+    def restrict(self, layers: Iterable[int]) -> NeuronSet:
+        """Only the given layers (layer-group ablations)."""
+        keep = {int(x) for x in layers}
+        return NeuronSet({k: v for k, v in self.neurons.items() if k in keep}, dict(self.rule, layers=sorted(keep)))
+
+    def validate(self, sites: list[Site]) -> None:
+        """Raise a clear error if a layer or index does not exist in the model."""
+        by_layer = {s.layer: s for s in sites}
+        for layer, idx in self.neurons.items():
+            if layer not in by_layer:
+                raise NegdiffError(f"neuron set names layer {layer}, but the model has layers 0..{len(sites) - 1}")
+            width = by_layer[layer].width
+            bad = idx[(idx < 0) | (idx >= width)]
+            if len(bad):
+                raise NegdiffError(
+                    f"neuron {neuron_name(layer, int(bad[0]))} is out of range: layer {layer} has {width} neurons (0..{width - 1})"
+                )
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "size": self.size,
+            "rule": self.rule,
+            "neurons": {str(k): v.tolist() for k, v in self.neurons.items()},
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """JSON text; also written atomically to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=1) + "\n"
+        if path is not None:
+            from negdiff.results import atomic_write_bytes
+
+            atomic_write_bytes(path, text.encode())
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> NeuronSet:
+        if not isinstance(data, dict) or "neurons" not in data or not isinstance(data["neurons"], dict):
+            raise NegdiffError(f"{source}: not a negdiff neuron set (expected an object with a 'neurons' mapping)")
+        try:
+            neurons = {int(k): torch.tensor([int(i) for i in v], dtype=torch.long) for k, v in data["neurons"].items()}
+        except (TypeError, ValueError):
+            raise NegdiffError(f"{source}: neuron indices must be integers grouped by integer layer") from None
+        return cls(neurons, data.get("rule", {}))
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> NeuronSet:
+        """Load from a JSON file path or JSON text."""
+        source = "<json>"
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            path = Path(text_or_path)
+            if not path.is_file():
+                raise NegdiffError(f"neuron set file not found: {path}")
+            source, text = str(path), path.read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise NegdiffError(f"{source}: malformed JSON ({exc.msg}, line {exc.lineno})") from None
+        return cls.from_dict(data, source)

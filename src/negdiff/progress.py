@@ -1,0 +1,36 @@
+"""Progress output on stderr: tqdm bars for long loops, one-line status messages.
+
+Bars are disabled with ``NEGDIFF_PROGRESS=0`` (or when stderr is not a terminal and ``NEGDIFF_PROGRESS``
+is unset in CI) so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def enabled() -> bool:
+    flag = os.environ.get("NEGDIFF_PROGRESS")
+    if flag is not None:
+        return flag not in ("0", "false", "no")
+    return sys.stderr.isatty() or not os.environ.get("CI")
+
+
+def bar(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
+    """A tqdm bar on stderr that honours NEGDIFF_PROGRESS."""
+    kwargs.setdefault("file", sys.stderr)
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("leave", False)
+    return tqdm(iterable, disable=not enabled(), **kwargs)
+
+
+def status(msg: str) -> None:
+    """A one-line status message on stderr (always shown: it explains a pause)."""
+    print(f"negdiff: {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny randomly initialised models of every supported family, built offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NEGDIFF_PROGRESS", "0")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers as T  # noqa: E402
+
+VOCAB = 97
+
+
+def tiny_config(arch: str):
+    """A 2-layer config of ``arch`` small enough to run in milliseconds."""
+    common = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=VOCAB)
+    if arch == "gpt2":
+        return T.GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=64, bos_token_id=0, eos_token_id=0)
+    if arch == "gpt_neox":
+        return T.GPTNeoXConfig(**common, intermediate_size=80, bos_token_id=0, eos_token_id=0)
+    if arch == "llama":
+        return T.LlamaConfig(**common, num_key_value_heads=2, intermediate_size=48, bos_token_id=1, eos_token_id=2)
+    if arch == "qwen2":
+        return T.Qwen2Config(**common, num_key_value_heads=2, intermediate_size=56, bos_token_id=1, eos_token_id=2)
+    if arch == "gemma":
+        return T.GemmaConfig(**common, num_key_value_heads=2, intermediate_size=40, head_dim=8, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "opt":
+        return T.OPTConfig(**common, ffn_dim=72, word_embed_proj_dim=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "phi3":
+        return T.Phi3Config(**common, intermediate_size=40, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    raise ValueError(arch)
+
+
+ARCHS = ["gpt2", "gpt_neox", "llama", "qwen2", "gemma", "opt"]
+
+
+def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    torch.manual_seed(seed)
+    model = T.AutoModelForCausalLM.from_config(tiny_config(arch), dtype=dtype)
+    # Random init of biases is zero in many families; give them values so bias handling is tested.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(params=ARCHS)
+def arch_model(request):
+    """(arch, tiny model) for each of the six architectures the registry must cover."""
+    return request.param, tiny_model(request.param)
+
+
+@pytest.fixture
+def token_batch():
+    """A padded batch of token ids with its attention mask (right padding)."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, VOCAB, (3, 11), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    mask[2, 5:] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer():
+    """The embedded model's tokenizer (SmolLM2, 49,152 tokens), read from the GGUF offline."""
+    from transformers import AutoTokenizer
+
+    from negdiff.models import default_gguf
+
+    gguf = default_gguf()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, real_tokenizer):
+    """A saved 2-layer Llama with the real tokenizer: a local model folder that loads in a second."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    cfg = T.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=48, vocab_size=len(real_tokenizer), bos_token_id=1, eos_token_id=2,
+                        pad_token_id=2, max_position_embeddings=256)
+    torch.manual_seed(0)
+    T.LlamaForCausalLM(cfg).save_pretrained(path)
+    real_tokenizer.save_pretrained(path)
+    return path
