@@ -16,7 +16,7 @@ import sys
 from negdiff.errors import NegdiffError
 
 #: Modules that add subcommands, in the order they appear in ``negdiff --help``.
-COMMAND_MODULES = ("negdiff.experiments.scan", "negdiff.evaluate")
+COMMAND_MODULES = ("negdiff.experiments.scan", "negdiff.evaluate", "negdiff.experiments.ablate", "negdiff.fetch")
 
 
 def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
