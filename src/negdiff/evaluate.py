@@ -1,0 +1,192 @@
+"""Run registered tasks on a model under whatever intervention is active, and write the results.
+
+The caller owns the condition: ``with intervene(model, neurons, "zero_negative"): evaluate(...)``.
+This module never registers hooks or caches anything across calls, so a baseline and an ablated run
+differ only by the caller's context. Every run writes ``results.json`` (per task: metrics with stderr
+and CI, n, task version, scoring config; model, dtype, device, condition, package versions) and one
+``items_<task>.parquet`` per task, whose ``item_id`` column pairs items across conditions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from negdiff.errors import NegdiffError
+from negdiff.inference import bootstrap_draws, percentile_ci
+from negdiff.results import versions, write_json, write_parquet
+from negdiff.scoring import ScoringConfig
+from negdiff.tasks import ALIASES, TASKS, EvalConfig, TaskResult, expand_tasks, run_task
+
+FORMAT = "negdiff.eval/1"
+
+
+def _unpack(loaded_or_pair: Any) -> tuple[Any, Any, dict]:
+    """A LoadedModel, or a (model, tokenizer) pair; returns model, tokenizer and a model record."""
+    if isinstance(loaded_or_pair, tuple) and len(loaded_or_pair) == 2:
+        model, tok = loaded_or_pair
+        p = next(model.parameters())
+        info = {"name": type(model).__name__, "model_type": getattr(getattr(model, "config", None), "model_type", None),
+                "dtype": str(p.dtype).removeprefix("torch."), "device": str(p.device),
+                "n_params": int(sum(x.numel() for x in model.parameters()))}
+        return model, tok, info
+    if hasattr(loaded_or_pair, "model") and hasattr(loaded_or_pair, "tokenizer"):
+        info = loaded_or_pair.info.to_dict() if hasattr(loaded_or_pair, "info") else {}
+        return loaded_or_pair.model, loaded_or_pair.tokenizer, info
+    raise NegdiffError("evaluate() needs a LoadedModel or a (model, tokenizer) pair")
+
+
+def mean_error(results: dict[str, TaskResult], members: list[str], metric: str, cfg: EvalConfig) -> dict:
+    """Mean over benchmarks of 1 - ``metric`` (``acc`` where ``metric`` is absent), with a bootstrap CI.
+
+    Each benchmark's items are resampled independently (the same exact draws as its own CI), and the
+    stderr combines the benchmarks' standard errors.
+    """
+    errors, draws, ses, used = [], [], [], {}
+    for i, name in enumerate(members):
+        res = results[name]
+        col = "correct_norm" if metric == "acc_norm" and "correct_norm" in res.items else "correct"
+        used[name] = "acc_norm" if col == "correct_norm" else "acc"
+        x = res.items[col].to_numpy(dtype=float)
+        errors.append(1.0 - x.mean())
+        draws.append(1.0 - bootstrap_draws(x, np.mean, cfg.n_boot, cfg.seed + i))
+        ses.append(x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0)
+    lo, hi = percentile_ci(np.mean(draws, axis=0), cfg.alpha)
+    return {"value": float(np.mean(errors)), "stderr": float(np.sqrt(np.sum(np.square(ses))) / len(members)),
+            "ci_low": lo, "ci_high": hi, "n": len(members), "metrics": used}
+
+
+def evaluate(
+    loaded_or_model_and_tokenizer: Any,
+    tasks: list[str] | str,
+    limit: int | None = None,
+    config: EvalConfig | None = None,
+    condition: dict | None = None,
+) -> dict:
+    """Run ``tasks`` (names or aliases) and return the results dict; ``"items"`` holds the DataFrames.
+
+    ``limit`` overrides ``config.limit``. ``condition`` describes the caller's intervention (recorded
+    as given; ``None`` means baseline).
+    """
+    model, tok, info = _unpack(loaded_or_model_and_tokenizer)
+    config = config or EvalConfig()
+    if limit is not None:
+        config = dataclasses.replace(config, limit=limit)
+    names = expand_tasks(tasks)
+    t0 = time.perf_counter()
+    done: dict[str, TaskResult] = {}
+    for name in names:
+        done[name] = run_task(name, model, tok, config)
+    out: dict[str, Any] = {
+        "format": FORMAT,
+        "model": info,
+        "condition": condition or {"intervention": None},
+        "config": config.to_dict(),
+        "tasks": {n: r.to_dict() for n, r in done.items()},
+        "aggregates": {},
+        "versions": versions(),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    for alias, members in ALIASES.items():
+        if all(m in done for m in members):
+            out["aggregates"][f"{alias}_mean_error"] = mean_error(done, members, "acc", config)
+            out["aggregates"][f"{alias}_mean_error_norm"] = mean_error(done, members, "acc_norm", config)
+    out["items"] = {n: r.items for n, r in done.items()}
+    return out
+
+
+def write_results(out_dir: str | Path, results: dict, extra: dict | None = None) -> Path:
+    """Write ``results.json`` and ``items_<task>.parquet`` atomically into ``out_dir``; returns the JSON path."""
+    out_dir = Path(out_dir)
+    items = results.get("items", {})
+    for name, frame in items.items():
+        write_parquet(out_dir / f"items_{name}.parquet", frame)
+    record = {k: v for k, v in results.items() if k != "items"}
+    record["item_files"] = {name: f"items_{name}.parquet" for name in items}
+    if extra:
+        record.update(extra)
+    return write_json(out_dir / "results.json", record)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from negdiff.hooks import intervene
+    from negdiff.models import load_model
+    from negdiff.neuronset import NeuronSet
+    from negdiff.progress import status
+
+    names = expand_tasks(args.tasks)  # fail on a typo before loading the model
+    scoring = ScoringConfig(bos=args.bos, max_batch_tokens=args.batch_tokens)
+    config = EvalConfig(scoring=scoring, limit=args.limit, seed=args.seed, max_tokens=args.max_tokens,
+                        ppl_corpus=args.ppl_corpus, blimp_sample=args.blimp_sample, data_root=args.data,
+                        tse_reduction=args.tse_reduction, n_boot=args.n_boot)
+    neurons = None
+    if args.neurons:
+        neurons = NeuronSet.from_json(args.neurons)
+    elif args.mode != "zero_negative":
+        raise NegdiffError("--mode needs --neurons (the neuron set to intervene on)")
+    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
+    condition: dict[str, Any] = {"intervention": None}
+    ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if neurons is not None:
+        condition = {"intervention": args.mode, "neurons_file": str(args.neurons), "n_neurons": neurons.size,
+                     "neurons_per_layer": {str(k): v for k, v in neurons.counts().items()}, "rule": neurons.rule}
+        ctx = intervene(loaded.model, neurons, args.mode, sites=loaded.sites)
+    status(f"evaluating {', '.join(names)} on {loaded.info.name} ({loaded.info.dtype}, {loaded.info.device})"
+           + (f" with {args.mode} on {neurons.size} neurons" if neurons is not None else ""))
+    with ctx:
+        results = evaluate(loaded, names, config=config, condition=condition)
+    path = write_results(args.out, results, {"command": sys.argv})
+    for line in summary_lines(results):
+        print(line)
+    status(f"wrote {path}")
+    return 0
+
+
+def summary_lines(results: dict) -> list[str]:
+    """One line per task headline metric (and the aggregates), for the terminal."""
+    lines = []
+    for name, res in results["tasks"].items():
+        for key in ("acc", "acc_norm", "ppl", "acc_task_mean", "acc_strict"):
+            if key in res["metrics"]:
+                m = res["metrics"][key]
+                lines.append(f"{name:<16} {key:<14} {m['value']:.4f}  [{m['ci_low']:.4f}, {m['ci_high']:.4f}]  n={m['n']}")
+    for name, m in results.get("aggregates", {}).items():
+        lines.append(f"{name:<31} {m['value']:.4f}  [{m['ci_low']:.4f}, {m['ci_high']:.4f}]")
+    return lines
+
+
+def register(subparsers) -> None:
+    """Add the ``eval`` subcommand."""
+    from negdiff.cli import add_model_args
+    from negdiff.hooks import MODES
+
+    p = subparsers.add_parser("eval", help="run BLiMP, TSE, perplexity and the non-grammatical suite",
+                              description="Evaluate a model (optionally under an intervention) and write "
+                                          "results.json plus per-item parquet tables to --out.")
+    add_model_args(p)
+    known = ", ".join([*TASKS, *ALIASES])
+    p.add_argument("--tasks", required=True, help=f"comma-separated task names or aliases: {known}")
+    p.add_argument("--out", required=True, help="output folder for results.json and items_<task>.parquet")
+    p.add_argument("--neurons", default=None, help="neuron set JSON (from a scan) to intervene on")
+    p.add_argument("--mode", default="zero_negative", choices=list(MODES), help="intervention mode (default zero_negative)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="items per BLiMP paradigm / TSE task (seeded) / benchmark (first k)")
+    p.add_argument("--blimp-sample", default="first", choices=("first", "seeded"), help="which k BLiMP pairs")
+    p.add_argument("--max-tokens", type=int, default=None, help="perplexity: a seeded subset of windows")
+    p.add_argument("--ppl-corpus", default="wikitext2-valid", help="perplexity corpus: a name or a local text file")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="padded tokens per forward pass (default: 1024 on CPU, 16384 on CUDA)")
+    p.add_argument("--bos", default="prefix", choices=("prefix", "tokenizer_default"), help="BOS policy")
+    p.add_argument("--tse-reduction", default="mean", choices=("mean", "sum"), help="TSE sentence score")
+    p.add_argument("--seed", type=int, default=0, help="seed for subsets and the bootstrap")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for CIs")
+    p.add_argument("--data", default=None, help="data folder (default $NEGDIFF_DATA)")
+    p.set_defaults(func=_cmd_eval)
