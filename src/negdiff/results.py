@@ -17,6 +17,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+
+def _file_mode() -> int:
+    """0666 minus the umask: what open() would give, since mkstemp's private 0600 is wrong for results."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _file_mode()
 _PACKAGES = ("negdiff", "torch", "transformers", "accelerate", "gguf", "numpy", "scipy", "pandas", "pyarrow")
 
 
@@ -30,6 +39,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -45,6 +55,7 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         writer(Path(tmp))
+        os.chmod(tmp, _MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,164 @@
+"""The scan: pair planning, streamed WD/MD equal direct recomputation, outputs, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from negdiff import NegdiffError, capture, load_model
+from negdiff.experiments.scan import ScanConfig, Streamer, plan_pairs, run_scan, stream
+from negdiff.mapdiff import md_reference
+from negdiff.stats import exact_wd
+
+WINDOW = 32
+
+
+def test_plan_pairs_disjoint_and_cross_window():
+    plan = plan_pairs(n_windows=5, seq_len=40, n_pairs=30, seed=0)
+    assert plan.shape == (32, 4)  # ceil(30 / 4) = 8 per window boundary
+    ends = [tuple(r) for r in plan[:, :2]] + [tuple(r) for r in plan[:, 2:]]
+    assert len(set(ends)) == len(ends)  # every token used at most once
+    assert (plan[:, 2] == plan[:, 0] + 1).all()
+    assert np.array_equal(plan, plan_pairs(5, 40, 30, seed=0))
+    one = plan_pairs(1, 40, 30, seed=0)
+    assert one.shape == (20, 4) and len({*one[:, 1], *one[:, 3]}) == 40
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    rng = np.random.default_rng(0)
+    words = "the a of to in cat dog sat ran on mat and was is it quickly house tree".split()
+    path.write_text("\n\n".join(" ".join(rng.choice(words, 60)) + "." for _ in range(30)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+def _cfg(corpus, **kw):
+    base = dict(corpus=str(corpus), tokens=6 * WINDOW, window=WINDOW, md_pairs=40, top_pairs=3, fraction=0.05,
+                check_corpus=str(corpus), check_windows=1, checkpoint_every=2)
+    return ScanConfig(**{**base, **kw})
+
+
+def _direct(loaded, windows):
+    """All pre-activations and MLP inputs, captured directly (the naive, memory-hungry path)."""
+    pre, mlp_in = {}, {}
+    with capture(loaded.model, what=("pre", "mlp_in")) as tr:
+        for w in windows:
+            tr.forward(w[None])
+            for layer in tr.pre:
+                pre.setdefault(layer, []).append(tr.pre[layer][0].double())
+                mlp_in.setdefault(layer, []).append(tr.mlp_in[layer][0].double())
+    return {k: torch.stack(v) for k, v in pre.items()}, {k: torch.stack(v) for k, v in mlp_in.items()}
+
+
+def test_scan_matches_direct_recomputation(loaded, corpus, tmp_path):
+    from negdiff.data import corpus_documents, token_windows
+
+    # 8 windows of 128 tokens, 448 MD pairs: enough pairs for the histogram median to be tight
+    cfg = _cfg(corpus, window=128, tokens=8 * 128, md_pairs=448)
+    record = run_scan(loaded, cfg, tmp_path / "scan")
+    table = pd.read_parquet(tmp_path / "scan" / "neurons.parquet")
+    windows = token_windows(loaded.tokenizer, corpus_documents(str(corpus))[0], 128, cfg.tokens)
+    pre, mlp_in = _direct(loaded, windows)
+    plan = plan_pairs(len(windows), 128, cfg.md_pairs, cfg.seed)
+    assert len(plan) == 448
+    for layer in pre:
+        rows = table[table.layer == layer].sort_values("neuron")
+        values = pre[layer].reshape(-1, pre[layer].shape[-1]).numpy()
+        wd, wd_neg, wd_pos = exact_wd(values)
+        np.testing.assert_allclose(rows.wd, wd, rtol=0.01, atol=1e-3)
+        np.testing.assert_allclose(rows.wd_neg + rows.wd_pos, rows.wd, rtol=1e-9)
+        np.testing.assert_allclose(rows["mean"], values.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rows["std"], values.std(0), rtol=1e-5)
+        np.testing.assert_allclose(rows.frac_negative, (values < 0).mean(0))
+        # MD through the linear-map shortcut == MD from directly captured pre-activation differences
+        xa = mlp_in[layer][plan[:, 0], plan[:, 1]]
+        xb = mlp_in[layer][plan[:, 2], plan[:, 3]]
+        ya, yb = pre[layer][plan[:, 0], plan[:, 1]], pre[layer][plan[:, 2], plan[:, 3]]
+        d = (xa - xb).norm(dim=1).numpy()
+        e = (ya - yb).abs().numpy()
+        md_direct = ((e / np.median(e, axis=0)) / (d / d.max())[:, None]).mean(0)
+        w, _ = loaded.sites[layer].proj_weight()
+        np.testing.assert_allclose(md_reference(xa.numpy(), xb.numpy(), w.double().numpy()), md_direct, rtol=1e-6)
+        np.testing.assert_allclose(rows.md, md_direct, rtol=0.02)  # streamed median from a histogram
+    # strictly above each layer's 95th percentile of 48 neurons (sorted position 0.95 * 47 = 44.65): 45, 46, 47
+    assert record["summary"]["n_wn"] == 2 * 3 and table.groupby("layer").is_wn.sum().tolist() == [3, 3]
+    wn = json.loads((tmp_path / "scan" / "wn.json").read_text())
+    assert wn["size"] == table.is_wn.sum() and wn["rule"]["scan"] == record["key"]
+    pairs = pd.read_parquet(tmp_path / "scan" / "pairs.parquet")
+    assert set(pairs.group) == {"wn", "random"} and (pairs["rank"] <= 3).all()
+    top = pairs[(pairs.group == "wn")].iloc[0]
+    assert windows[top.window_a, top.pos_a] == top.token_a
+    for name in ("wd_by_layer", "wn_per_layer", "preact_histograms", "wd_neg_vs_wd_pos", "md_vs_wd"):
+        assert (tmp_path / "scan" / "figures" / f"{name}.png").stat().st_size > 1000
+    assert record["summary"]["check"]["baseline"] > 1
+    assert not (tmp_path / "scan" / ".scan_state.pt").exists()
+
+
+def test_rerun_is_skipped_and_interrupted_scan_resumes(loaded, corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(Streamer, "FLUSH_PAIRS", 5)  # pairs flushed inside hooks and at checkpoints alike
+    cfg = _cfg(corpus)
+    full = run_scan(loaded, cfg, tmp_path / "full")
+    calls = {"n": 0}
+    original = Streamer.start_batch
+
+    def die_after_four(self, windows):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        original(self, windows)
+
+    monkeypatch.setattr(Streamer, "start_batch", die_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        run_scan(loaded, cfg, tmp_path / "cut")
+    assert (tmp_path / "cut" / ".scan_state.pt").is_file() and not (tmp_path / "cut" / "neurons.parquet").exists()
+    monkeypatch.setattr(Streamer, "start_batch", original)
+    resumed = run_scan(loaded, cfg, tmp_path / "cut")
+    assert resumed["timing"]["resumed_from_window"] == 4
+    a = pd.read_parquet(tmp_path / "full" / "neurons.parquet")
+    b = pd.read_parquet(tmp_path / "cut" / "neurons.parquet")
+    pd.testing.assert_frame_equal(a, b, rtol=1e-9)
+    again = run_scan(loaded, cfg, tmp_path / "full")
+    assert again["timing"] == full["timing"]  # served from scan.json, not recomputed
+
+
+def test_bad_input_leaves_no_output(loaded, corpus, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n\n")
+    with pytest.raises(NegdiffError, match="the corpus is empty"):
+        run_scan(loaded, _cfg(empty), tmp_path / "o1")
+    short = tmp_path / "short.txt"
+    short.write_text("just a few words")
+    with pytest.raises(NegdiffError, match="fewer than one window"):
+        run_scan(loaded, _cfg(short), tmp_path / "o2")
+    with pytest.raises(NegdiffError, match="unknown corpus 'no-such-corpus'"):
+        run_scan(loaded, _cfg("no-such-corpus"), tmp_path / "o3")
+    site = loaded.sites[1]
+    handle = site.proj_module.register_forward_hook(lambda m, a, out: out * float("nan"))
+    try:
+        with pytest.raises(NegdiffError, match="NaN|non-finite"):
+            run_scan(loaded, _cfg(corpus), tmp_path / "o4")
+    finally:
+        handle.remove()
+    for name in ("o1", "o2", "o3"):
+        assert not (tmp_path / name).exists()
+    assert not (tmp_path / "o4" / "neurons.parquet").exists()
+
+
+def test_stream_memory_does_not_hold_activations(loaded, corpus):
+    from negdiff.data import corpus_documents, token_windows
+
+    windows = token_windows(loaded.tokenizer, corpus_documents(str(corpus))[0], WINDOW, 4 * WINDOW)
+    streamer = Streamer(loaded, plan_pairs(4, WINDOW, 16, 0), top_k=2)
+    stream(loaded, windows, streamer, batch=2)
+    assert all(s.result()["count"][0] == 4 * WINDOW for s in streamer.stats)
+    assert streamer.held == {}  # the last window leaves nothing waiting
