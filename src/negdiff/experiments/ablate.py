@@ -1,0 +1,319 @@
+"""The paper's headline experiment: sign-specific ablation of Wasserstein neurons against controls.
+
+Conditions (each evaluated on the same items): ``baseline``; ``wn_neg`` (zero_negative on the WN);
+``random_neg_s<k>`` (as many layer-matched random non-WN neurons, seeds 0..K-1); ``ppl_matched_neg`` (the
+lowest-WD m% of every layer, m searched until the perplexity increase matches wn_neg's); ``wn_pos``,
+``wn_zero`` and the sign-versus-magnitude controls ``wn_identity_pos`` and ``wn_abs_neg``. Each
+condition's results are written atomically as it finishes, so a rerun resumes; a changed parameter
+changes that condition's key and only it is redone. Statistics and verdicts live in ``ablate_stats``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from negdiff.data import corpus_documents, token_windows
+from negdiff.errors import NegdiffError
+from negdiff.evaluate import evaluate, write_results
+from negdiff.hooks import intervene
+from negdiff.models import LoadedModel
+from negdiff.neuronset import NeuronSet
+from negdiff.progress import status
+from negdiff.results import config_key, read_json, write_json
+from negdiff.scoring import ScoringConfig, window_nlls
+from negdiff.select import random_like, select_lowest, select_wasserstein
+from negdiff.tasks import expand_tasks
+from negdiff.tasks_core import EvalConfig
+
+SYNTAX_TASKS = ("perplexity", "blimp", "tse")
+
+
+@dataclass
+class AblateConfig:
+    """Sizes and rules of the ablation (defaults: the quick 2-core run; --full for the paper's sizes)."""
+
+    tasks: tuple[str, ...] = ("perplexity", "blimp", "tse", "nongrammatical")
+    criterion: str = "wd"
+    scope: str = "per_layer"
+    fraction: float = 0.01
+    seeds: int = 3
+    blimp_limit: int | None = 20  # pairs per paradigm (67 paradigms)
+    tse_limit: int | None = 30  # pairs per task (22 tasks)
+    nongram_limit: int | None = 50  # items per benchmark
+    ppl_tokens: int | None = 16_384  # reported perplexity: a seeded subset of WikiText-2 valid windows
+    calib_corpus: str = "wikitext2"  # perplexity matching runs here, disjoint from the reported windows
+    calib_tokens: int = 4096
+    match_tol: float = 0.02
+    controls_on_nongram: bool = False  # sign/magnitude controls on the 8 benchmarks too (slow)
+    dose_fractions: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.05)
+    dose_blimp_limit: int | None = 5
+    dose_ppl_tokens: int | None = 8192
+    seed: int = 0
+    n_boot: int = 1000
+    batch_tokens: int = 4096
+    bos: str = "prefix"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Condition:
+    """One row of the table: a neuron set, the edit applied to it, and the tasks it is scored on."""
+
+    name: str
+    neurons: NeuronSet
+    mode: str = "zero_negative"
+    tasks: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "mode": self.mode, "n_neurons": self.neurons.size, "rule": self.neurons.rule,
+                "per_layer": self.neurons.counts(), "tasks": self.tasks}
+
+
+def eval_config(cfg: AblateConfig, task: str, dose: bool = False) -> EvalConfig:
+    """The EvalConfig of one task: each task family gets its own subsample size."""
+    limit = {"blimp": cfg.dose_blimp_limit if dose else cfg.blimp_limit, "tse": cfg.tse_limit,
+             "perplexity": None}.get(task, cfg.nongram_limit)
+    return EvalConfig(scoring=ScoringConfig(bos=cfg.bos, max_batch_tokens=cfg.batch_tokens), limit=limit,
+                      seed=cfg.seed, n_boot=cfg.n_boot,
+                      max_tokens=(cfg.dose_ppl_tokens if dose else cfg.ppl_tokens) if task == "perplexity" else None)
+
+
+def load_scan(scan_dir: str | Path, loaded: LoadedModel) -> tuple[pd.DataFrame, dict]:
+    """The scan's neuron table, checked against the model it is applied to."""
+    scan_dir = Path(scan_dir)
+    if not (scan_dir / "neurons.parquet").is_file():
+        raise NegdiffError(f"{scan_dir} holds no finished scan (neurons.parquet); run `negdiff scan MODEL --out {scan_dir}`")
+    table = pd.read_parquet(scan_dir / "neurons.parquet")
+    widths = table.groupby("layer").size().to_dict()
+    model_widths = {s.layer: s.width for s in loaded.sites}
+    if widths != model_widths:
+        raise NegdiffError(f"the scan in {scan_dir} was made on a model with other layers/widths than {loaded.info.spec}")
+    return table, read_json(scan_dir / "scan.json")
+
+
+def calibration_windows(loaded: LoadedModel, cfg: AblateConfig) -> torch.Tensor:
+    window = min(2048, loaded.info.max_length or 2048)
+    return token_windows(loaded.tokenizer, corpus_documents(cfg.calib_corpus)[0], window, cfg.calib_tokens)
+
+
+def calib_ppl(loaded: LoadedModel, windows: torch.Tensor, neurons: NeuronSet, cfg: AblateConfig) -> float:
+    """Perplexity of the calibration windows with ``neurons`` negative-zeroed."""
+    with intervene(loaded.model, neurons, "zero_negative", sites=loaded.sites):
+        nll = window_nlls(loaded.model, windows, ScoringConfig(bos=cfg.bos, max_batch_tokens=cfg.batch_tokens))
+    return float(np.exp(nll.mean()))
+
+
+def match_perplexity(loaded, table: pd.DataFrame, target_increase: float, base_ppl: float, windows, cfg: AblateConfig,
+                     max_steps: int = 14) -> dict[str, Any]:
+    """Search m (bottom-m% WD per layer, negative-zeroed) until ppl increase matches ``target_increase``.
+
+    Bracketing (doubling m from 1%) then bisection, to a relative tolerance ``cfg.match_tol`` on the
+    increase (ppl - base). Returns m, the set and the whole trace; a search that cannot reach the target
+    (even at 95%) or runs out of steps reports ``matched: False`` and the closest point.
+    """
+    trace: list[dict[str, float]] = []
+    if target_increase <= 0:  # nothing to match: report it and fall back to a WN-sized bottom set
+        neurons = select_lowest(table, cfg.fraction, cfg.criterion)
+        neurons.rule.update(matched_to="wn_neg", target_increase=target_increase, fallback="wn_neg did not raise perplexity")
+        status(f"ppl-matched search skipped: wn_neg changed calibration perplexity by {target_increase:+.3f}, not an increase")
+        return {"m": cfg.fraction, "n_neurons": neurons.size, "increase": None, "target": target_increase,
+                "matched": False, "reason": "wn_neg did not raise calibration perplexity; bottom set of the WN's size used",
+                "trace": trace, "neurons": neurons, "base_ppl": base_ppl}
+
+    def at(m: float) -> float:
+        neurons = select_lowest(table, m, cfg.criterion)
+        inc = calib_ppl(loaded, windows, neurons, cfg) - base_ppl
+        trace.append({"m": m, "n_neurons": neurons.size, "increase": inc, "target": target_increase})
+        status(f"ppl-matched search: m={100 * m:.2f}% ({neurons.size} neurons) -> increase {inc:.3f} (target {target_increase:.3f})")
+        return inc
+
+    def close(inc: float) -> bool:
+        return abs(inc - target_increase) <= cfg.match_tol * abs(target_increase)
+
+    lo, hi, m = 0.0, None, 0.01
+    while hi is None and len(trace) < max_steps:
+        inc = at(m)
+        if close(inc):
+            hi = lo = m
+        elif inc < target_increase:
+            lo, m = m, min(0.95, 2 * m)
+            if lo == 0.95:
+                break
+        else:
+            hi = m
+    while hi is not None and lo != hi and len(trace) < max_steps:
+        m = (lo + hi) / 2
+        inc = at(m)
+        if close(inc):
+            lo = hi = m
+        elif inc < target_increase:
+            lo = m
+        else:
+            hi = m
+    best = min(trace, key=lambda t: abs(t["increase"] - target_increase))
+    neurons = select_lowest(table, best["m"], cfg.criterion)
+    neurons.rule.update(matched_to="wn_neg", target_increase=target_increase)
+    return {"m": best["m"], "n_neurons": neurons.size, "increase": best["increase"], "target": target_increase,
+            "matched": close(best["increase"]), "trace": trace, "neurons": neurons, "base_ppl": base_ppl}
+
+
+def build_conditions(table: pd.DataFrame, loaded: LoadedModel, cfg: AblateConfig, tasks: list[str]) -> list[Condition]:
+    """Every condition but the perplexity-matched one (which needs a search first)."""
+    wn = select_wasserstein(table, cfg.fraction, cfg.scope, cfg.criterion)
+    widths = {s.layer: s.width for s in loaded.sites}
+    syntax = [t for t in tasks if t in SYNTAX_TASKS]
+    ctrl = tasks if cfg.controls_on_nongram else syntax
+    out = [Condition("baseline", NeuronSet.empty(), tasks=tasks), Condition("wn_neg", wn, tasks=tasks)]
+    out += [Condition(f"random_neg_s{k}", random_like(wn, widths, seed=k), tasks=tasks) for k in range(cfg.seeds)]
+    out += [Condition("wn_pos", wn, "zero_positive", ctrl), Condition("wn_zero", wn, "zero", ctrl),
+            Condition("wn_identity_pos", wn, "identity_positive", ctrl),
+            Condition("wn_abs_neg", wn, "abs_negative_output", ctrl)]
+    return out
+
+
+def run_condition(loaded: LoadedModel, cond: Condition, cfg: AblateConfig, out: Path, key: str,
+                  force: bool, dose: bool = False) -> dict[str, Any]:
+    """Evaluate one condition (or reuse its finished results); returns results with item tables."""
+    folder = out / ("dose" if dose else "conditions") / cond.name
+    ckey = config_key({"base": key, "cond": cond.describe(), "cfg": [eval_config(cfg, t, dose).to_dict() for t in cond.tasks]})
+    if not force and (folder / "results.json").is_file():
+        rec = read_json(folder / "results.json")
+        if rec.get("key") == ckey:
+            rec["items"] = {t: pd.read_parquet(folder / f) for t, f in rec["item_files"].items()}
+            return rec
+    status(f"condition {cond.name}: {cond.mode} on {cond.neurons.size} neurons; tasks {', '.join(cond.tasks)}")
+    cond.neurons.to_json(out / "sets" / f"{cond.name}.json")
+    t0 = time.perf_counter()
+    merged: dict[str, Any] = {"tasks": {}, "aggregates": {}, "items": {}}
+    with intervene(loaded.model, cond.neurons, cond.mode, sites=loaded.sites):
+        for task in cond.tasks:
+            res = evaluate((loaded.model, loaded.tokenizer), [task], config=eval_config(cfg, task, dose),
+                           condition=cond.describe())
+            merged["tasks"].update(res["tasks"])
+            merged["items"].update(res["items"])
+            for k in ("format", "model", "condition", "versions"):
+                merged[k] = res[k]
+    merged["model"] = loaded.info.to_dict()
+    write_results(folder, merged, {"key": ckey, "seconds": time.perf_counter() - t0})
+    return merged
+
+
+def dose_response(loaded, table, cfg: AblateConfig, out: Path, key: str, force: bool) -> list[dict[str, Any]]:
+    """Perplexity and subsampled BLiMP as the per-layer fraction p of top-WD neurons grows, with random beside."""
+    widths = {s.layer: s.width for s in loaded.sites}
+    base = run_condition(loaded, Condition("baseline", NeuronSet.empty(), tasks=["perplexity", "blimp"]), cfg, out, key,
+                         force, dose=True)
+    rows = [{"p": 0.0, "set": "baseline", "n_neurons": 0, "ppl": base["tasks"]["perplexity"]["metrics"]["ppl"]["value"],
+             "blimp": base["tasks"]["blimp"]["metrics"]["acc"]["value"]}]
+    for p in cfg.dose_fractions:
+        top = select_wasserstein(table, p, cfg.scope, cfg.criterion)
+        for name, neurons in ((f"top_{p:g}", top), (f"random_{p:g}", random_like(top, widths, seed=cfg.seed))):
+            res = run_condition(loaded, Condition(name, neurons, tasks=["perplexity", "blimp"]), cfg, out, key, force, dose=True)
+            rows.append({"p": p, "set": name.split("_")[0], "n_neurons": neurons.size,
+                         "ppl": res["tasks"]["perplexity"]["metrics"]["ppl"]["value"],
+                         "blimp": res["tasks"]["blimp"]["metrics"]["acc"]["value"]})
+    return rows
+
+
+def run_ablate(loaded: LoadedModel, scan_dir: str | Path, cfg: AblateConfig, out: str | Path,
+               force: bool = False) -> dict[str, Any]:
+    """Run every condition, the perplexity-matched search and the dose response; write ablation.json."""
+    from negdiff.experiments.ablate_stats import analyze, write_outputs
+
+    out = Path(out)
+    table, scan = load_scan(scan_dir, loaded)
+    tasks = expand_tasks(list(cfg.tasks))
+    if "perplexity" not in tasks:
+        tasks.insert(0, "perplexity")  # the matching criterion of the control; always reported
+    key = config_key({"model": {k: loaded.info.to_dict()[k] for k in ("spec", "revision", "weights_hash", "dtype")},
+                      "scan": scan.get("key"), "criterion": cfg.criterion, "scope": cfg.scope, "fraction": cfg.fraction})
+    t0 = time.time()
+    conditions = build_conditions(table, loaded, cfg, tasks)
+    results = {}
+    for cond in conditions[:2]:  # baseline and wn_neg first: the search needs wn_neg's perplexity increase
+        results[cond.name] = run_condition(loaded, cond, cfg, out, key, force)
+    calib = calibration_windows(loaded, cfg)
+    search_key = config_key({"base": key, "calib": [cfg.calib_corpus, cfg.calib_tokens, cfg.match_tol, cfg.bos]})
+    search_file = out / "ppl_matched_search.json"
+    if not force and search_file.is_file() and read_json(search_file).get("key") == search_key:
+        search = read_json(search_file)
+        search["neurons"] = NeuronSet.from_json(out / "sets" / "ppl_matched_neg.json")
+    else:
+        base_ppl = calib_ppl(loaded, calib, NeuronSet.empty(), cfg)
+        target = calib_ppl(loaded, calib, conditions[1].neurons, cfg) - base_ppl
+        search = match_perplexity(loaded, table, target, base_ppl, calib, cfg)
+        search["neurons"].to_json(out / "sets" / "ppl_matched_neg.json")
+        write_json(search_file, {**{k: v for k, v in search.items() if k != "neurons"}, "key": search_key,
+                                 "calib": {"corpus": cfg.calib_corpus, "tokens": int(calib.numel())}})
+    conditions.insert(2 + cfg.seeds, Condition("ppl_matched_neg", search["neurons"], tasks=tasks))
+    for cond in conditions[2:]:
+        results[cond.name] = run_condition(loaded, cond, cfg, out, key, force)
+    dose = dose_response(loaded, table, cfg, out, key, force) if cfg.dose_fractions else []
+    record = analyze(results, conditions, search, dose, cfg)
+    record.update(model=loaded.info.to_dict(), scan={"dir": str(scan_dir), "key": scan.get("key")},
+                  config=cfg.to_dict(), seconds_total=time.time() - t0,
+                  seconds_per_condition={c.name: results[c.name].get("seconds") for c in conditions})
+    write_outputs(record, results, out)
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _cmd_ablate(args) -> int:
+    from negdiff.experiments.ablate_stats import table_lines
+    from negdiff.models import load_model
+
+    cfg = AblateConfig(tasks=tuple(args.tasks.split(",")), criterion=args.criterion, scope=args.scope,
+                       fraction=args.fraction, seeds=args.seeds, seed=args.seed, bos=args.bos,
+                       batch_tokens=args.batch_tokens, controls_on_nongram=args.controls_on_nongram)
+    if args.full:
+        cfg = dataclasses.replace(cfg, blimp_limit=None, tse_limit=None, nongram_limit=None, ppl_tokens=None,
+                                  calib_tokens=16_384, dose_blimp_limit=50, dose_ppl_tokens=None, controls_on_nongram=True)
+    for name in ("blimp_limit", "tse_limit", "nongram_limit", "ppl_tokens"):
+        value = getattr(args, name)
+        if value is not None:
+            cfg = dataclasses.replace(cfg, **{name: None if value == 0 else value})
+    if args.no_dose:
+        cfg = dataclasses.replace(cfg, dose_fractions=())
+    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
+    record = run_ablate(loaded, args.scan, cfg, args.out, force=args.force)
+    print("\n".join(table_lines(record)))
+    print(f"wrote {args.out}/: ablation.json table.md items/ figures/")
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``negdiff ablate``."""
+    from negdiff.cli import add_model_args
+
+    p = sub.add_parser("ablate", help="sign-specific ablation of Wasserstein neurons vs controls, with statistics")
+    add_model_args(p)
+    d = AblateConfig()
+    p.add_argument("--scan", required=True, help="folder of a finished `negdiff scan`")
+    p.add_argument("--tasks", default=",".join(d.tasks), help="tasks or aliases (default %(default)s)")
+    p.add_argument("--criterion", choices=("wd", "wd_neg", "md", "kurtosis"), default=d.criterion)
+    p.add_argument("--scope", choices=("per_layer", "global"), default=d.scope)
+    p.add_argument("--fraction", type=float, default=d.fraction)
+    p.add_argument("--seeds", type=int, default=d.seeds, help="random-control seeds (default 3)")
+    p.add_argument("--seed", type=int, default=d.seed, help="subsampling and bootstrap seed")
+    p.add_argument("--blimp-limit", dest="blimp_limit", type=int, help=f"pairs per paradigm (default {d.blimp_limit}; 0 = all)")
+    p.add_argument("--tse-limit", dest="tse_limit", type=int, help=f"pairs per TSE task (default {d.tse_limit}; 0 = all)")
+    p.add_argument("--nongram-limit", dest="nongram_limit", type=int, help=f"items per benchmark (default {d.nongram_limit}; 0 = all)")
+    p.add_argument("--ppl-tokens", dest="ppl_tokens", type=int, help=f"reported perplexity tokens (default {d.ppl_tokens}; 0 = all)")
+    p.add_argument("--controls-on-nongram", action="store_true", help="score the sign/magnitude controls on the 8 benchmarks too")
+    p.add_argument("--no-dose", action="store_true", help="skip the dose-response sweep")
+    p.add_argument("--full", action="store_true", help="paper-size run: every item of every task (GPU advised)")
+    p.add_argument("--bos", choices=("prefix", "tokenizer_default"), default=d.bos)
+    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens)
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="redo finished conditions")
+    p.set_defaults(func=_cmd_ablate)

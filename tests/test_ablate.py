@@ -1,0 +1,120 @@
+"""Ablation: perplexity-matched search, verdict rules, isolation of conditions, resume, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import negdiff.experiments.ablate as ablate
+from negdiff import load_model
+from negdiff.experiments.ablate import AblateConfig, Condition, match_perplexity, run_ablate, run_condition
+from negdiff.experiments.ablate_stats import _doubling, paired_draws, verdict
+from negdiff.experiments.scan import ScanConfig, run_scan
+from negdiff.neuronset import NeuronSet
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason="staged data not beside the repo")
+
+
+def test_ppl_matched_search_meets_tolerance(monkeypatch):
+    table = pd.DataFrame({"layer": np.repeat([0, 1], 200), "neuron": np.tile(np.arange(200), 2),
+                          "wd": np.random.default_rng(0).random(400)})
+    # synthetic, monotone response: each zeroed neuron adds 0.01 to perplexity
+    monkeypatch.setattr(ablate, "calib_ppl", lambda loaded, w, neurons, cfg: 10.0 + 0.01 * neurons.size)
+    res = match_perplexity(None, table, target_increase=1.37, base_ppl=10.0, windows=None, cfg=AblateConfig())
+    assert res["matched"] and abs(res["increase"] - 1.37) <= 0.02 * 1.37
+    assert res["neurons"].size == round(res["m"] * 200) * 2
+    assert [t["m"] for t in res["trace"][:4]] == [0.01, 0.02, 0.04, 0.08]  # bracketing doubles m
+    unreachable = match_perplexity(None, table, target_increase=100.0, base_ppl=10.0, windows=None, cfg=AblateConfig())
+    assert not unreachable["matched"] and unreachable["m"] == 0.95
+    nothing = match_perplexity(None, table, target_increase=-0.5, base_ppl=10.0, windows=None, cfg=AblateConfig())
+    assert not nothing["matched"] and nothing["trace"] == [] and "did not raise" in nothing["reason"]
+
+
+def test_verdict_flips_with_the_numbers():
+    assert verdict({"ci_low": 0.1, "ci_high": 0.5}, +1) == "holds"
+    assert verdict({"ci_low": -0.5, "ci_high": -0.1}, +1) == "does not hold"
+    assert verdict({"ci_low": -0.1, "ci_high": 0.3}, +1) == "inconclusive"
+    assert verdict({"ci_low": -0.5, "ci_high": -0.1}, -1) == "holds"
+    assert verdict({"ci_low": 0.0, "ci_high": 0.0}, -1) == "does not hold"
+
+
+def test_paired_draws_against_a_hand_computation():
+    a = pd.DataFrame({"item_id": ["x", "y", "z", "w"], "correct": [True, True, False, True]})
+    b = pd.DataFrame({"item_id": ["w", "z", "y", "x"], "correct": [False, False, False, True]})  # other order
+    point, draws = paired_draws(a, b, "blimp", n_boot=400, seed=0)
+    assert point == pytest.approx(0.25 - 0.75)
+    # one resample by hand: indices drawn by the same generator
+    idx = np.random.default_rng(0).integers(0, 4, size=(400, 4))[0]
+    ca, cb = np.array([1, 1, 0, 1.0]), np.array([1, 0, 0, 0.0])  # b aligned to a's item order x, y, z, w
+    assert draws[0] == pytest.approx(cb[idx].mean() - ca[idx].mean())
+    pa = pd.DataFrame({"item_id": ["0", "1"], "nll": [1.0, 2.0]})
+    pb = pd.DataFrame({"item_id": ["0", "1"], "nll": [1.5, 2.5]})
+    assert paired_draws(pa, pb, "perplexity", 10, 0)[0] == pytest.approx(np.exp(2.0) - np.exp(1.5))
+
+
+def test_doubling_interpolates_in_log_space():
+    rows = [{"set": "baseline", "p": 0, "ppl": 10.0}, {"set": "top", "p": 0.01, "ppl": 15.0},
+            {"set": "top", "p": 0.04, "ppl": 30.0}]
+    expected = np.exp(np.log(0.01) + (np.log(20) - np.log(15)) / (np.log(30) - np.log(15)) * np.log(4))
+    assert _doubling(rows) == pytest.approx(expected)
+    assert _doubling(rows[:2]) is None
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model_dir, tmp_path_factory):
+    import os
+
+    os.environ["NEGDIFF_DATA"] = str(SHARED)
+    loaded = load_model(str(tiny_model_dir))
+    root = tmp_path_factory.mktemp("ablate")
+    rng = np.random.default_rng(0)
+    words = ["the", "a", "of", "cat", "dog", "sat", "ran", "on", "mat", "and", "was", "is"]
+    corpus = root / "c.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choice(words, 80)) for _ in range(40)))
+    run_scan(loaded, ScanConfig(corpus=str(corpus), tokens=1024, window=128, md_pairs=200, fraction=0.05,
+                                check_windows=0), root / "scan")
+    cfg = AblateConfig(tasks=("perplexity", "blimp", "tse", "arc_easy", "piqa"), fraction=0.05, seeds=2,
+                       blimp_limit=1, tse_limit=1, nongram_limit=6, ppl_tokens=512, calib_tokens=512,
+                       dose_fractions=(0.05, 0.2), dose_blimp_limit=1, dose_ppl_tokens=256, n_boot=200,
+                       match_tol=0.2)
+    record = run_ablate(loaded, root / "scan", cfg, root / "out")
+    return loaded, cfg, root, record
+
+
+@needs_data
+def test_end_to_end_outputs(tiny_run):
+    loaded, cfg, root, record = tiny_run
+    out = root / "out"
+    saved = json.loads((out / "ablation.json").read_text())
+    assert saved["order"][:3] == ["baseline", "wn_neg", "random_neg"]
+    assert saved["set_sizes"]["wn_neg"] == saved["set_sizes"]["random_neg_s0"] == 6
+    assert saved["value"]["baseline"]["blimp"]["n"] == 67 and saved["value"]["baseline"]["tse"]["n"] == 22
+    assert "sd" in saved["value"]["random_neg"]["blimp"]  # spread across the two seeds
+    assert {c["verdict"] for c in saved["claims"]} <= {"holds", "does not hold", "inconclusive", "not run"}
+    assert len(saved["claims"]) == 8
+    assert "wn_pos" in saved["value"] and "arc_easy" not in saved["value"]["wn_pos"]  # controls: syntax only
+    table = (out / "table.md").read_text()
+    assert "| wn_neg | 6 |" in table and "ppl_matched_neg (m = " in table
+    for name in ("deltas", "blimp_paradigms", "tse_tasks", "dose_response"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+    items = pd.read_parquet(out / "conditions" / "wn_neg" / "items_blimp.parquet")
+    assert len(items) == 67 and items.item_id.is_unique
+    assert NeuronSet.from_json(out / "sets" / "wn_neg.json").size == 6
+
+
+@needs_data
+def test_conditions_do_not_share_hook_state_and_resume(tiny_run, monkeypatch):
+    loaded, cfg, root, record = tiny_run
+    out = root / "out"
+    first = pd.read_parquet(out / "conditions" / "baseline" / "items_blimp.parquet")
+    fresh = run_condition(loaded, Condition("baseline", NeuronSet.empty(), tasks=["blimp"]), cfg, root / "again", "k", True)
+    assert np.array_equal(fresh["items"]["blimp"].lp_good.to_numpy(), first.lp_good.to_numpy())
+    calls = []
+    monkeypatch.setattr(ablate, "evaluate", lambda *a, **k: calls.append(a) or {})
+    again = run_ablate(loaded, root / "scan", cfg, out)  # everything finished: nothing is re-evaluated
+    assert calls == [] and again["claims"] == json.loads((out / "ablation.json").read_text())["claims"]
