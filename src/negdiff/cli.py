@@ -16,7 +16,14 @@ import sys
 from negdiff.errors import NegdiffError
 
 #: Modules that add subcommands, in the order they appear in ``negdiff --help``.
-COMMAND_MODULES = ("negdiff.experiments.scan", "negdiff.evaluate", "negdiff.experiments.ablate", "negdiff.fetch")
+COMMAND_MODULES = (
+    "negdiff.experiments.reproduce",
+    "negdiff.experiments.scan",
+    "negdiff.evaluate",
+    "negdiff.experiments.ablate",
+    "negdiff.experiments.pos",
+    "negdiff.fetch",
+)
 
 
 def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:

@@ -1,0 +1,130 @@
+"""Self-contained reports (Markdown and HTML with embedded figures), built from run folders only.
+
+A report never recomputes anything: it reads ``scan/scan.json``, ``ablate/ablation.json`` and their
+figures, so it can be rebuilt, and read, without negdiff or a model.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from negdiff.results import atomic_write_bytes, read_json
+
+STEPS = ("scan", "ablate", "pos")
+
+
+def _load(run: Path) -> dict[str, Any]:
+    parts: dict[str, Any] = {}
+    if (run / "scan" / "scan.json").is_file():
+        parts["scan"] = read_json(run / "scan" / "scan.json")
+    if (run / "ablate" / "ablation.json").is_file():
+        parts["ablate"] = read_json(run / "ablate" / "ablation.json")
+    if (run / "pos" / "pos.json").is_file():
+        parts["pos"] = read_json(run / "pos" / "pos.json")
+    if (run / "manifest.json").is_file():
+        parts["manifest"] = read_json(run / "manifest.json")
+    return parts
+
+
+def _figures(run: Path) -> list[Path]:
+    return [p for step in STEPS for p in sorted((run / step / "figures").glob("*.png"))]
+
+
+def markdown(run: str | Path) -> str:
+    """The report as Markdown (figures linked by relative path)."""
+    from negdiff.experiments.ablate_stats import table_markdown
+
+    run = Path(run)
+    parts = _load(run)
+    model = (parts.get("scan") or parts.get("ablate") or {}).get("model", {})
+    lines = [f"# negdiff report: {model.get('name', '?')}", ""]
+    if model.get("quantization"):
+        lines += [f"**Weights: {model['quantization']}.** Results are for these weights.", ""]
+    lines += [f"dtype {model.get('dtype')}, device {model.get('device')}, {model.get('n_params', 0):,} parameters, "
+              f"{model.get('sites', {}).get('n_layers')} layers x {model.get('sites', {}).get('neurons_per_layer')} "
+              f"{model.get('sites', {}).get('activation')} neurons.", ""]
+    if "ablate" in parts:
+        a = parts["ablate"]
+        lines += ["## Headline table", "", table_markdown(a), "", "## The paper's claims on this model", ""]
+        for c in a["claims"]:
+            e = c["evidence"]
+            ev = f" — diff {e['diff']:+.4f}, 95% CI [{e['ci_low']:+.4f}, {e['ci_high']:+.4f}], n = {e['n']}" if e else ""
+            lines.append(f"- **{c['verdict']}**: {c['claim']}{ev} (rule: {c['rule']})")
+        pm = a.get("ppl_matched", {})
+        lines += ["", f"Perplexity-matched control: m = {100 * pm.get('m', 0):.2f}% of each layer ({pm.get('n_neurons')} "
+                  f"neurons), matched: {pm.get('matched')}.", ""]
+        if a["dose"]["rows"]:
+            dd = a["dose"]["ppl_doubles_at"]
+            lines.append(f"Dose response: perplexity doubles at p = {100 * dd:.2f}% per layer." if dd else
+                         "Dose response: perplexity does not double within the sweep.")
+            lines.append("")
+    if "scan" in parts:
+        lines += ["## Scan", "", *[f"    {x}" for x in parts["scan"].get("summary_lines", [])], ""]
+    if "pos" in parts:
+        lines += ["## Where the excess surprisal lands (gold UPOS)", "",
+                  *[f"    {x}" for x in parts["pos"].get("summary_lines", [])], ""]
+    lines += ["## Figures", ""] + [f"![{p.stem}]({p.relative_to(run)})" for p in _figures(run)] + [""]
+    if "manifest" in parts:
+        m = parts["manifest"]
+        lines += ["## Run", "", f"command: `{m.get('command')}`", "", "| step | status | seconds |", "|---|---|---|"]
+        lines += [f"| {k} | {v.get('status')} | {v.get('seconds', 0):.0f} |" for k, v in m.get("steps", {}).items()]
+        lines += ["", "versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), ""]
+    return "\n".join(lines)
+
+
+def _md_to_html(md: str, run: Path) -> str:
+    """A deliberately small Markdown subset -> HTML (headings, tables, lists, images inlined as base64)."""
+    out, in_table, in_pre = [], False, False
+    for line in md.splitlines():
+        if line.startswith("```"):
+            out.append("</pre>" if in_pre else "<pre>")
+            in_pre = not in_pre
+            continue
+        if in_pre or line.startswith("    "):
+            out.append(html.escape(line) if in_pre else f"<pre>{html.escape(line[4:])}</pre>")
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= {"-"} for c in cells):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                out.append("<table>")
+                in_table = True
+            out.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("!["):
+            alt, src = line[2:].split("](", 1)
+            data = base64.b64encode((run / src.rstrip(")")).read_bytes()).decode()
+            out.append(f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+                       f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            text = html.escape(line[2:]).replace("**", "")
+            out.append(f"<li>{text}</li>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line).replace('**', '')}</p>")
+    if in_table:
+        out.append("</table>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}"
+             "img{max-width:100%}figure{margin:1em 0}pre{background:#f6f6f6;padding:2px 6px;margin:0}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>negdiff report</title><style>{style}</style></head><body>\n" \
+           + "\n".join(out) + "\n</body></html>\n"
+
+
+def write_report(run: str | Path) -> tuple[Path, Path]:
+    """Write ``report.md`` and a self-contained ``report.html`` into the run folder."""
+    run = Path(run)
+    md = markdown(run)
+    atomic_write_bytes(run / "report.md", md.encode())
+    atomic_write_bytes(run / "report.html", _md_to_html(md, run).encode())
+    return run / "report.md", run / "report.html"
