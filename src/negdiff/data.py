@@ -55,6 +55,12 @@ def open_text(path: str | Path):
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     """Yield one dict per line; a malformed line is an error naming the file and line number."""
+    for _, row in iter_jsonl(path):
+        yield row
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` per non-blank line; malformed lines are errors naming file and line."""
     with open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -65,7 +71,7 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
                 raise NegdiffError(f"{path}:{lineno}: malformed JSON line ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise NegdiffError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
+            yield lineno, row
 
 
 # ---------------------------------------------------------------------------------------------- CoNLL-U

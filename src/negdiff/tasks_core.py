@@ -7,7 +7,6 @@ file order, so the same item can be paired across conditions (paired bootstrap, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from negdiff.data import data_dir, open_text
+from negdiff.data import data_dir, iter_jsonl
 from negdiff.errors import NegdiffError
 from negdiff.inference import summarize, summarize_mean_of_groups
 from negdiff.results import file_sha256
@@ -111,21 +110,12 @@ def dataset_file(folder: str, name: str, root: str | None) -> Path:
 def read_records(path: Path, fields: tuple[str, ...]) -> list[dict]:
     """JSON-lines records with the required ``fields``; errors name the file and line."""
     rows = []
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise NegdiffError(f"{path}:{lineno}: malformed JSON line ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise NegdiffError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [f for f in fields if f not in row]
-            if missing:
-                raise NegdiffError(f"{path}:{lineno}: record lacks field(s) {', '.join(missing)}")
-            row["_file"], row["_line"] = str(path), lineno
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        missing = [f for f in fields if f not in row]
+        if missing:
+            raise NegdiffError(f"{path}:{lineno}: record lacks field(s) {', '.join(missing)}")
+        row["_file"], row["_line"] = str(path), lineno
+        rows.append(row)
     return rows
 
 
