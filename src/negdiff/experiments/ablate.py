@@ -58,7 +58,7 @@ class AblateConfig:
     dose_ppl_tokens: int | None = 8192
     seed: int = 0
     n_boot: int = 1000
-    batch_tokens: int = 4096
+    batch_tokens: int | None = None  # None: the scorer's device default (256 tokens on CPU, 16384 on CUDA)
     bos: str = "prefix"
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +86,13 @@ def eval_config(cfg: AblateConfig, task: str, dose: bool = False) -> EvalConfig:
     return EvalConfig(scoring=ScoringConfig(bos=cfg.bos, max_batch_tokens=cfg.batch_tokens), limit=limit,
                       seed=cfg.seed, n_boot=cfg.n_boot,
                       max_tokens=(cfg.dose_ppl_tokens if dose else cfg.ppl_tokens) if task == "perplexity" else None)
+
+
+def _key_config(cfg: AblateConfig, task: str, dose: bool) -> dict[str, Any]:
+    """An EvalConfig as a resume key: the batch budget is left out (scores do not depend on it)."""
+    out = eval_config(cfg, task, dose).to_dict()
+    out["scoring"] = {k: v for k, v in out["scoring"].items() if k != "max_batch_tokens"}
+    return out
 
 
 def load_scan(scan_dir: str | Path, loaded: LoadedModel) -> tuple[pd.DataFrame, dict]:
@@ -185,7 +192,7 @@ def run_condition(loaded: LoadedModel, cond: Condition, cfg: AblateConfig, out: 
                   force: bool, dose: bool = False) -> dict[str, Any]:
     """Evaluate one condition (or reuse its finished results); returns results with item tables."""
     folder = out / ("dose" if dose else "conditions") / cond.name
-    ckey = config_key({"base": key, "cond": cond.describe(), "cfg": [eval_config(cfg, t, dose).to_dict() for t in cond.tasks]})
+    ckey = config_key({"base": key, "cond": cond.describe(), "cfg": [_key_config(cfg, t, dose) for t in cond.tasks]})
     if not force and (folder / "results.json").is_file():
         rec = read_json(folder / "results.json")
         if rec.get("key") == ckey:
@@ -313,7 +320,8 @@ def register(sub) -> None:
     p.add_argument("--no-dose", action="store_true", help="skip the dose-response sweep")
     p.add_argument("--full", action="store_true", help="paper-size run: every item of every task (GPU advised)")
     p.add_argument("--bos", choices=("prefix", "tokenizer_default"), default=d.bos)
-    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens)
+    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens,
+                   help="padded tokens per forward (default: 256 on CPU, 16384 on CUDA)")
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="redo finished conditions")
     p.set_defaults(func=_cmd_ablate)

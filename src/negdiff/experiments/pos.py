@@ -57,7 +57,7 @@ class PosConfig:
     max_seq_tokens: int = 1024
     bos: str = "prefix"
     mwt: str = "chars"
-    batch_tokens: int = 4096
+    batch_tokens: int | None = None  # None: the scorer's device default (256 on CPU, 16384 on CUDA)
     n_boot: int = 1000
     seed: int = 0
     sets: str | None = None
