@@ -211,7 +211,8 @@ def run_condition(loaded: LoadedModel, cond: Condition, cfg: AblateConfig, out: 
             for k in ("format", "model", "condition", "versions"):
                 merged[k] = res[k]
     merged["model"] = loaded.info.to_dict()
-    write_results(folder, merged, {"key": ckey, "seconds": time.perf_counter() - t0})
+    merged["seconds"] = time.perf_counter() - t0
+    write_results(folder, merged, {"key": ckey})
     return merged
 
 
