@@ -78,7 +78,8 @@ def test_cli_eval_with_and_without_neurons(tmp_path, capsys):
     tiny_llama(max_len=512).save_pretrained(folder)
     real_tokenizer().save_pretrained(folder)
     NeuronSet({0: torch.arange(32)}, {"rule": "test"}).to_json(tmp_path / "wn.json")
-    common = ["eval", str(folder), "--tasks", "blimp", "--limit", "1", "--data", str(DATA), "--n-boot", "100"]
+    common = ["eval", str(folder), "--tasks", "blimp", "--limit", "1", "--data", str(DATA), "--n-boot", "100",
+              "--threads", "1"]
     assert main([*common, "--out", str(tmp_path / "base")]) == 0
     assert main([*common, "--out", str(tmp_path / "abl"), "--neurons", str(tmp_path / "wn.json"),
                  "--mode", "zero_negative", "--bos", "tokenizer_default"]) == 0
@@ -86,7 +87,7 @@ def test_cli_eval_with_and_without_neurons(tmp_path, capsys):
     abl = json.loads((tmp_path / "abl" / "results.json").read_text())
     assert base["condition"]["intervention"] is None and abl["condition"]["intervention"] == "zero_negative"
     assert abl["condition"]["n_neurons"] == 32 and abl["config"]["scoring"]["bos"] == "tokenizer_default"
-    assert base["model"]["source"] == "local" and base["tasks"]["blimp"]["n"] == 67
+    assert base["model"]["source"] == "local" and base["tasks"]["blimp"]["n"] == 67 and base["threads"] == 1
     out = capsys.readouterr().out
     assert "blimp" in out and "acc" in out
     assert main(["eval", str(folder), "--tasks", "blimp,wat", "--out", str(tmp_path / "x")]) == 2
