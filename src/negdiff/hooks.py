@@ -141,10 +141,9 @@ class Trace:
     sites: list[Site]
     pre: dict[int, torch.Tensor] = field(default_factory=dict)
     mlp_in: dict[int, torch.Tensor] = field(default_factory=dict)
-    stop_after_last: bool = False
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        """Run the model on a batch; with ``stop_after_last`` the run ends after the last hooked layer."""
+        """Run the model on a batch; a ``capture(stop_after_last=True)`` ends it after the last hooked layer."""
         self.pre.clear()
         self.mlp_in.clear()
         try:
@@ -179,7 +178,7 @@ def capture(
     for layer in chosen:
         if not 0 <= layer < len(sites):
             raise NegdiffError(f"capture: layer {layer} out of range 0..{len(sites) - 1}")
-    trace = Trace(model, sites, stop_after_last=stop_after_last)
+    trace = Trace(model, sites)
     last = chosen[-1] if chosen else None
     handles: list[torch.utils.hooks.RemovableHandle] = []
 

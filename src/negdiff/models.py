@@ -268,38 +268,25 @@ def load_model(
         model, tok = _from_folder(spec, revision, torch_dtype, device_map, hub=True)
     if device_map is None:
         model = model.to(device)
-    model.eval().requires_grad_(False)
-    sites = resolve(model)
-    cfg = model.config
-    max_len = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-    info = ModelInfo(
-        spec=spec,
-        source=source,
-        name=name,
-        revision=revision,
-        path=path,
-        model_type=cfg.model_type,
-        architecture=type(model).__name__,
-        dtype=str(torch_dtype).removeprefix("torch."),
-        device=str(next(model.parameters()).device) if device_map is None else "auto",
-        n_params=sum(p.numel() for p in model.parameters()),
-        quantization=quant,
-        weights_hash=weights_hash or getattr(cfg, "_commit_hash", None),
-        sites=describe(sites),
-        max_length=int(max_len) if max_len else None,
-    )
-    return LoadedModel(model=model, tokenizer=tok, info=info, sites=sites)
+    return from_model(model, tok, spec, source=source, name=name, revision=revision, path=path, quantization=quant,
+                      weights_hash=weights_hash or getattr(model.config, "_commit_hash", None),
+                      device="auto" if device_map else None)
 
 
-def from_model(model: nn.Module, tokenizer: Any = None, spec: str = "<in-memory>") -> LoadedModel:
-    """Wrap an already-built model (tests, notebooks) the same way :func:`load_model` does."""
+def from_model(model: nn.Module, tokenizer: Any = None, spec: str = "<in-memory>", *, source: str = "memory",
+               name: str | None = None, revision: str | None = None, path: str | None = None,
+               quantization: str | None = None, weights_hash: str | None = None,
+               device: str | None = None) -> LoadedModel:
+    """Wrap a built model (the end of :func:`load_model`; also tests and notebooks): eval mode, no grads,
+    its activation sites and a :class:`ModelInfo`. ``device`` overrides the parameters' device ("auto")."""
     model.eval().requires_grad_(False)
     sites = resolve(model)
     cfg = model.config
     max_len = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     p = next(model.parameters())
-    info = ModelInfo(spec=spec, source="memory", name=spec, revision=None, path=None, model_type=cfg.model_type,
-                     architecture=type(model).__name__, dtype=str(p.dtype).removeprefix("torch."), device=str(p.device),
-                     n_params=sum(x.numel() for x in model.parameters()), quantization=None, weights_hash=None,
-                     sites=describe(sites), max_length=int(max_len) if max_len else None)
+    info = ModelInfo(spec=spec, source=source, name=name or spec, revision=revision, path=path, model_type=cfg.model_type,
+                     architecture=type(model).__name__, dtype=str(p.dtype).removeprefix("torch."),
+                     device=device or str(p.device), n_params=sum(x.numel() for x in model.parameters()),
+                     quantization=quantization, weights_hash=weights_hash, sites=describe(sites),
+                     max_length=int(max_len) if max_len else None)
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, sites=sites)
