@@ -89,6 +89,13 @@ def nearest_pairs(x: torch.Tensor, candidates: int = 4, chunk: int = 2048) -> tu
             torch.as_tensor(arr[:, 2]))
 
 
+def _scale_of(e: torch.Tensor) -> torch.Tensor:
+    """Each neuron's histogram scale: its median |output difference| over a sample (a fallback where 0)."""
+    scale = e.median(dim=0).values.double()
+    good = scale[scale > 0]
+    return torch.where(scale > 0, scale, good.median() if good.numel() else 1.0)
+
+
 class MDAccumulator:
     """Streaming MD for one layer of ``width`` neurons, plus each neuron's ``top_k`` pairs by e/d."""
 
@@ -125,6 +132,17 @@ class MDAccumulator:
         if other.meta_keys is not None:
             new._init(other.state["scale"].clone(), other.meta_keys)
         return new
+
+    @torch.no_grad()
+    def calibrate(self, x_a: torch.Tensor, x_b: torch.Tensor, W: torch.Tensor, meta_keys: tuple[str, ...] = ("pair_id",)
+                  ) -> None:
+        """Fix the histogram scales from sample pairs without counting them (see NeuronStats.calibrate)."""
+        self.device = self.device or W.device
+        diff = x_a.to(self.device).double() - x_b.to(self.device).double()
+        diff = diff[diff.norm(dim=1) > 0]
+        if not len(diff):
+            raise NegdiffError("MDAccumulator.calibrate: every sample pair has identical inputs")
+        self._init(_scale_of((diff.to(self.compute_dtype) @ W.to(self.device, self.compute_dtype).T).abs()), meta_keys)
 
     @torch.no_grad()
     def add(self, x_a: torch.Tensor, x_b: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None,
@@ -164,9 +182,7 @@ class MDAccumulator:
         meta = {k: v[keep] for k, v in meta.items()}
         e = (diff64.to(cd) @ W.to(cd).T).abs()
         if self.meta_keys is None:
-            scale = e.median(dim=0).values.double()
-            good = scale[scale > 0]
-            self._init(torch.where(scale > 0, scale, good.median() if good.numel() else 1.0), tuple(meta))
+            self._init(_scale_of(e), tuple(meta))
         st = self.state
         ratio = e / d.to(cd)[:, None]
         st["sum_ratio"] += _colsum64(ratio)

@@ -28,7 +28,8 @@ def bar(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
-    return tqdm(iterable, disable=not enabled(), **kwargs)
+    disable = kwargs.pop("disable", False) or not enabled()
+    return tqdm(iterable, disable=disable, **kwargs)
 
 
 def status(msg: str) -> None:

@@ -108,6 +108,25 @@ class NeuronStats:
 
     # ------------------------------------------------------------------ accumulation
     @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Fix each neuron's bin edges from a sample ``x [N, width]`` (N >= 16) without counting it.
+
+        The first :meth:`add` does this implicitly; calling it explicitly on the same sample in every process
+        of a data-parallel job gives all ranks the same edges, so their accumulators merge.
+        """
+        if x.ndim != 2 or x.shape[1] != self.width:
+            raise NegdiffError(f"NeuronStats.calibrate: expected a [N, {self.width}] tensor, got {tuple(x.shape)}")
+        if x.shape[0] < 16:
+            raise NegdiffError(f"NeuronStats: the first batch fixes each neuron's bins from its mean/std and needs "
+                               f"at least 16 rows (got {x.shape[0]}); or pass center=/scale=")
+        if self.device is not None and x.device != self.device:
+            x = x.to(self.device)
+        first = x.double()
+        if not torch.isfinite(first.sum(0)).all():
+            _raise_nonfinite(x)
+        self._init_state(first.mean(0), _provisional_unit(first, (2.0**self.octaves - 1.0) * self.center_width))
+
+    @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
         """Add a batch ``x [N, width]`` of pre-activations (any float dtype, any device)."""
         if x.ndim != 2 or x.shape[1] != self.width:
@@ -118,14 +137,7 @@ class NeuronStats:
             x = x.to(self.device)
         rows = x.shape[0]
         if self._state is None:
-            if rows < 16:
-                raise NegdiffError(f"NeuronStats.add: the first batch fixes each neuron's bins from its mean/std "
-                                   f"and needs at least 16 rows (got {rows}); or pass center=/scale=")
-            first = x.double()
-            if not torch.isfinite(first.sum(0)).all():
-                _raise_nonfinite(x)
-            self._init_state(first.mean(0), _provisional_unit(first, (2.0**self.octaves - 1.0) * self.center_width))
-            del first
+            self.calibrate(x)
         st = self._state
         # Deviations from the float32 centre are exact for nearby values; summing them (not x) keeps the batch
         # mean accurate when |mean| >> std. They are reused, scaled in place, for the bin index.

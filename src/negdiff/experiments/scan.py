@@ -18,13 +18,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from negdiff import distributed
 from negdiff.data import corpus_documents, token_windows
+from negdiff.errors import NegdiffError
+from negdiff.experiments.scan_stream import Streamer, merge_ranks, plan_pairs, stream
 from negdiff.figures import scan_figures
 from negdiff.hooks import capture, intervene
-from negdiff.mapdiff import MDAccumulator
 from negdiff.models import LoadedModel
 from negdiff.neuronset import NeuronSet
-from negdiff.progress import bar, status
+from negdiff.progress import status
 from negdiff.results import (
     atomic_write_with,
     config_key,
@@ -36,7 +38,8 @@ from negdiff.results import (
 )
 from negdiff.scoring import window_nlls
 from negdiff.select import random_like, select_wasserstein
-from negdiff.stats import NeuronStats
+
+__all__ = ["ScanConfig", "Streamer", "neuron_table", "pairs_table", "plan_pairs", "run_scan", "stream"]
 
 STATE_FILE = ".scan_state.pt"
 STATS_COLUMNS = ("wd", "wd_neg", "wd_pos", "mean", "std", "skew", "kurtosis", "frac_negative", "min", "max")
@@ -72,132 +75,6 @@ def default_window(loaded: LoadedModel, window: int | None) -> int:
     """min(requested or 2048, the model's max length): the authors' window, capped by the model."""
     limit = loaded.info.max_length or 2048
     return min(window or 2048, limit)
-
-
-def plan_pairs(n_windows: int, seq_len: int, n_pairs: int, seed: int) -> np.ndarray:
-    """Disjoint token pairs for mapping difficulty, as rows ``(window_a, pos_a, window_b, pos_b)``.
-
-    The authors draw random disjoint pairs over all tokens, so a pair almost never shares a window. To
-    stream, window ``w`` draws ``2p`` distinct positions: its first ``p`` are the partners of window
-    ``w-1``'s second ``p``. Every token is used at most once and pair ids (row indices) are ordered by the
-    window that completes them. A one-window scan pairs within the window.
-    """
-    if n_windows == 1:
-        p = min(n_pairs, seq_len // 2)
-        pos = _positions(0, seq_len, 2 * p, seed)
-        return np.stack([np.zeros(p, int), pos[:p], np.zeros(p, int), pos[p:]], axis=1)
-    p = min(-(-n_pairs // (n_windows - 1)), seq_len // 2)
-    rows = []
-    prev = _positions(0, seq_len, 2 * p, seed)[p:]
-    for w in range(1, n_windows):
-        pos = _positions(w, seq_len, 2 * p, seed)
-        rows.append(np.stack([np.full(p, w - 1), prev, np.full(p, w), pos[:p]], axis=1))
-        prev = pos[p:]
-    return np.concatenate(rows)
-
-
-def _positions(window: int, seq_len: int, k: int, seed: int) -> np.ndarray:
-    return np.random.default_rng([seed, window]).choice(seq_len, size=k, replace=False)
-
-
-class Streamer:
-    """The hook consumer: routes each layer's tensors to its accumulators as they are produced."""
-
-    FLUSH_PAIRS = 2048
-
-    def __init__(self, loaded: LoadedModel, plan: np.ndarray, top_k: int, flush_pairs: int | None = None):
-        self.sites = loaded.sites
-        self.weights = [tuple(None if t is None else t.float() for t in s.proj_weight()) for s in self.sites]
-        self.stats: list[NeuronStats | None] = [None] * len(self.sites)
-        self.md = [MDAccumulator(s.width, top_k=top_k) for s in self.sites]
-        self.plan = plan
-        self.held: dict[int, torch.Tensor] = {}  # layer -> MLP inputs of pairs waiting for their partner
-        self.windows: list[int] = []
-        # Complete pairs are buffered and added in batches of ~flush_pairs: MDAccumulator.add has a fixed
-        # cost per call (~20 ms at 1536 neurons) that would otherwise be paid per layer per window.
-        self.flush_pairs = flush_pairs or self.FLUSH_PAIRS
-        self.pending: dict[int, list[tuple[torch.Tensor, torch.Tensor, np.ndarray]]] = {}
-
-    def start_batch(self, windows: list[int]) -> None:
-        self.windows = windows
-
-    def __call__(self, kind: str, layer: int, t: torch.Tensor) -> None:
-        if kind == "pre":
-            if self.stats[layer] is None:
-                self.stats[layer] = NeuronStats(t.shape[-1], device=t.device)
-            self.stats[layer].add(t.reshape(-1, t.shape[-1]))
-            return
-        W, b = self.weights[layer]
-        for row, w in enumerate(self.windows):
-            first = self.plan[:, 0] == w  # pairs whose side a lies in this window
-            second = np.flatnonzero(self.plan[:, 2] == w)
-            x = t[row]
-            if first.any():
-                pos_a = torch.as_tensor(self.plan[first, 1], device=x.device)
-                waiting = x.index_select(0, pos_a).float()
-                if len(second) and self.plan[second[0], 0] == w:  # a one-window plan: both sides here
-                    pos_b = torch.as_tensor(self.plan[second, 3], device=x.device)
-                    self._add(layer, waiting, x.index_select(0, pos_b).float(), second, W, b)
-                    continue
-            if len(second):
-                pos_b = torch.as_tensor(self.plan[second, 3], device=x.device)
-                self._add(layer, self.held.pop(layer), x.index_select(0, pos_b).float(), second, W, b)
-            if first.any():
-                self.held[layer] = waiting
-
-    def _add(self, layer: int, xa: torch.Tensor, xb: torch.Tensor, ids: np.ndarray, W, b) -> None:
-        self.pending.setdefault(layer, []).append((xa, xb, ids))
-        if sum(len(i) for _, _, i in self.pending[layer]) >= self.flush_pairs:
-            self.flush(layer)
-
-    def flush(self, layer: int | None = None) -> None:
-        """Add the buffered pairs of ``layer`` (or of every layer) to the MD accumulators."""
-        for lyr in [layer] if layer is not None else list(self.pending):
-            parts = self.pending.pop(lyr, [])
-            if parts:
-                W, b = self.weights[lyr]
-                ids = torch.as_tensor(np.concatenate([i for _, _, i in parts]))
-                self.md[lyr].add(torch.cat([a for a, _, _ in parts]), torch.cat([x for _, x, _ in parts]), W, b,
-                                 meta={"pair_id": ids})
-
-    def state(self, windows_done: int) -> dict[str, Any]:
-        self.flush()
-        return {
-            "windows_done": windows_done,
-            "stats": [None if s is None else s.state_dict() for s in self.stats],
-            "md": [m.state_dict() for m in self.md],
-            "held": {k: v.cpu() for k, v in self.held.items()},
-        }
-
-    def load(self, state: dict[str, Any], device: torch.device) -> int:
-        self.stats = [None if s is None else NeuronStats.from_state_dict(s, device=device) for s in state["stats"]]
-        self.md = [MDAccumulator.from_state_dict(m, device=device) for m in state["md"]]
-        self.held = {k: v.to(device) for k, v in state["held"].items()}
-        return int(state["windows_done"])
-
-
-def stream(loaded: LoadedModel, windows: torch.Tensor, streamer: Streamer, batch: int, start: int = 0,
-           on_checkpoint=None, every: int = 0) -> float:
-    """Run the windows through the model with the streamer attached; returns the seconds spent."""
-    device = loaded.device
-    t0 = time.perf_counter()
-    n = len(windows)
-    progress = bar(total=n * windows.shape[1], initial=start * windows.shape[1], unit="tok", desc="scan")
-    # Everything runs in inference mode: accumulator tensors first touched inside a hook become inference
-    # tensors, and a flush or checkpoint between batches must be allowed to update them.
-    with torch.inference_mode(), capture(loaded.model, what=("pre", "mlp_in"), fn=streamer, keep=False, stop_after_last=True,
-                 sites=loaded.sites) as trace:
-        for lo in range(start, n, batch):
-            ids = list(range(lo, min(lo + batch, n)))
-            streamer.start_batch(ids)
-            trace.forward(windows[ids].to(device))
-            progress.update(len(ids) * windows.shape[1])
-            done = ids[-1] + 1
-            if on_checkpoint and every and done < n and done // every != lo // every:
-                on_checkpoint(streamer.state(done))
-        streamer.flush()
-    progress.close()
-    return time.perf_counter() - t0
 
 
 def neuron_table(streamer: Streamer) -> pd.DataFrame:
@@ -250,6 +127,13 @@ def pairs_table(streamer: Streamer, tokenizer, windows: torch.Tensor, groups: di
 
 
 # ------------------------------------------------------------------------------------------------ runner
+def _members(table: pd.DataFrame, neurons: NeuronSet) -> np.ndarray:
+    """A boolean column: is each row's (layer, neuron) in ``neurons``."""
+    keys = table.layer.to_numpy(np.int64) * (1 << 32) + table.neuron.to_numpy(np.int64)
+    chosen = np.array([layer * (1 << 32) + n for layer, n in neurons], dtype=np.int64)
+    return np.isin(keys, chosen)
+
+
 def _record_base(loaded: LoadedModel, cfg: ScanConfig, corpus_file, window: int, n_windows: int) -> dict[str, Any]:
     return {
         "model": loaded.info.to_dict(),
@@ -335,26 +219,37 @@ def run_scan(loaded: LoadedModel, cfg: ScanConfig, out: str | Path, force: bool 
     if not force and (out / "scan.json").is_file() and read_json(out / "scan.json").get("key") == key:
         status(f"scan already done in {out} (same model, corpus and settings); use --force to redo it")
         return read_json(out / "scan.json")
+    r = distributed.init(loaded.device)
+    if len(windows) < r.world:
+        raise NegdiffError(f"{len(windows)} windows cannot be shared among {r.world} processes; scan more tokens")
     plan = plan_pairs(len(windows), window, cfg.md_pairs, cfg.seed)
     streamer = Streamer(loaded, plan, cfg.top_pairs)
-    state_path, start = out / STATE_FILE, 0
+    state_path, start = out / (STATE_FILE + (f".rank{r.rank}of{r.world}" if r.active else "")), 0
     if state_path.is_file() and not force:
         saved = torch.load(state_path, map_location="cpu", weights_only=False)
         if saved.get("key") == key:
             start = streamer.load(saved, loaded.device)
             status(f"resuming the scan after window {start} of {len(windows)}")
+    if not start:
+        streamer.calibrate(loaded, windows[0])
 
     def save_state(state: dict) -> None:
         atomic_write_with(state_path, lambda tmp: torch.save({**state, "key": key}, tmp))
 
     started = time.time()
-    seconds = stream(loaded, windows, streamer, cfg.batch_windows, start, save_state, cfg.checkpoint_every)
+    block = distributed.shard(len(windows), r)
+    seconds = stream(loaded, windows, streamer, cfg.batch_windows, start, save_state, cfg.checkpoint_every,
+                     block=block, show=r.main)
+    merge_ranks(streamer, r)
+    if not r.main:
+        state_path.unlink(missing_ok=True)
+        return {"rank": r.rank, "windows": [block.start, block.stop]}
     table = neuron_table(streamer)
     wn = select_wasserstein(table, cfg.fraction, cfg.scope, cfg.criterion)
     wn_global = select_wasserstein(table, cfg.fraction, "global", cfg.criterion)
     wn.rule.update(scan=key, model=loaded.info.spec, corpus=cfg.corpus)
-    table["is_wn"] = [(layer, n) in wn for layer, n in zip(table.layer, table.neuron)]
-    table["is_wn_global"] = [(layer, n) in wn_global for layer, n in zip(table.layer, table.neuron)]
+    table["is_wn"] = _members(table, wn)
+    table["is_wn_global"] = _members(table, wn_global)
     widths = {s.layer: s.width for s in loaded.sites}
     rand = random_like(wn, widths, seed=cfg.seed)
     pairs = pairs_table(streamer, loaded.tokenizer, windows, {"wn": wn, "random": rand})
@@ -368,8 +263,9 @@ def run_scan(loaded: LoadedModel, cfg: ScanConfig, out: str | Path, force: bool 
         "md_pairs_per_layer": int(streamer.md[0].n_pairs), "md_pairs_skipped": int(streamer.md[0].n_skipped),
         "check": _sanity(loaded, check, wn, rand),
     }
-    record["timing"] = {"scan_s": seconds, "tokens_per_s": (len(windows) - start) * window / max(seconds, 1e-9),
-                        "resumed_from_window": start, "total_s": time.time() - started}
+    record["timing"] = {"scan_s": seconds, "tokens_per_s": (len(block) - max(0, start - block.start)) * window
+                        * r.world / max(seconds, 1e-9), "resumed_from_window": start, "ranks": r.world,
+                        "total_s": time.time() - started}
     record["versions"] = versions()
     record["summary_lines"] = summarize(table, record)
     write_parquet(out / "neurons.parquet", table)
@@ -390,10 +286,16 @@ def _cmd_scan(args) -> int:
     cfg = ScanConfig(corpus=args.corpus, tokens=args.tokens, window=args.window, batch_windows=args.batch_windows,
                      md_pairs=args.md_pairs, top_pairs=args.top_pairs, fraction=args.fraction, scope=args.scope,
                      criterion=args.criterion, seed=args.seed, check_windows=args.check_windows)
-    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
-    record = run_scan(loaded, cfg, args.out, force=args.force)
-    print("\n".join(record["summary_lines"]))
-    print(f"wrote {args.out}/: neurons.parquet wn.json pairs.parquet scan.json figures/")
+    r = distributed.from_env()
+    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype,
+                        device=distributed.device_for(args.device, r))
+    try:
+        record = run_scan(loaded, cfg, args.out, force=args.force)
+    finally:
+        distributed.finish(r)
+    if r.main:
+        print("\n".join(record["summary_lines"]))
+        print(f"wrote {args.out}/: neurons.parquet wn.json pairs.parquet scan.json figures/")
     return 0
 
 

@@ -1,0 +1,84 @@
+"""Data-parallel scan: 2 gloo processes under torchrun give the 1-process result (up to float tolerance)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from negdiff.distributed import Rank, from_env, shard
+
+WINDOW = 32
+
+
+def test_shard_covers_every_item_once():
+    for n in (1, 5, 7, 64):
+        for world in (1, 2, 3, 4):
+            if n < world:
+                continue
+            blocks = [shard(n, Rank(r, world)) for r in range(world)]
+            assert [i for b in blocks for i in b] == list(range(n))
+            assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+def test_rank_from_env(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert from_env() == Rank(0, 1, 0) and not from_env().active
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert from_env() == Rank(1, 2, 1) and not from_env().main
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scan(cmd_prefix: list[str], model: str, corpus, out, env) -> subprocess.CompletedProcess:
+    args = [*cmd_prefix, "-m", "negdiff", "scan", model, "--corpus", str(corpus), "--tokens", str(7 * WINDOW),
+            "--window", str(WINDOW), "--md-pairs", "60", "--top-pairs", "3", "--fraction", "0.05",
+            "--check-windows", "0", "--out", str(out)]
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    rng = np.random.default_rng(1)
+    words = "the a of to in cat dog sat ran on mat and was is it quickly house tree".split()
+    path.write_text("\n\n".join(" ".join(rng.choice(words, 60)) + "." for _ in range(30)))
+    return path
+
+
+def test_two_process_gloo_scan_equals_one_process(tiny_model_dir, corpus, tmp_path):
+    env = {**os.environ, "NEGDIFF_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    one = _scan([sys.executable], str(tiny_model_dir), corpus, tmp_path / "one", env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port())]
+    two = _scan(run, str(tiny_model_dir), corpus, tmp_path / "two", env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("Wasserstein neurons") == 1  # only rank 0 reports
+
+    a = pd.read_parquet(tmp_path / "one" / "neurons.parquet")
+    b = pd.read_parquet(tmp_path / "two" / "neurons.parquet")
+    assert len(a) == len(b) > 0
+    for col in ("wd", "wd_neg", "wd_pos", "mean", "std", "skew", "kurtosis", "frac_negative", "min", "max", "md"):
+        np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-6, err_msg=col)
+    assert (a.is_wn == b.is_wn).all()
+    ra, rb = (json.loads((tmp_path / d / "scan.json").read_text()) for d in ("one", "two"))
+    assert rb["timing"]["ranks"] == 2 and ra["timing"]["ranks"] == 1
+    # the straddling pairs were joined on rank 0: the same number of MD pairs as one process
+    assert rb["summary"]["md_pairs_per_layer"] == ra["summary"]["md_pairs_per_layer"] > 0
+    pa = pd.read_parquet(tmp_path / "one" / "pairs.parquet").sort_values(["group", "layer", "neuron", "rank"])
+    pb = pd.read_parquet(tmp_path / "two" / "pairs.parquet").sort_values(["group", "layer", "neuron", "rank"])
+    np.testing.assert_allclose(pb.ratio.to_numpy(), pa.ratio.to_numpy(), rtol=1e-5)
+    assert not list((tmp_path / "two").glob(".scan_state*"))
