@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ import pytest
 from negdiff.distributed import Rank, from_env, shard
 
 WINDOW = 32
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_shard_covers_every_item_once():
@@ -42,10 +44,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun() -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port())]
+
+
 def _scan(cmd_prefix: list[str], model: str, corpus, out, env) -> subprocess.CompletedProcess:
     args = [*cmd_prefix, "-m", "negdiff", "scan", model, "--corpus", str(corpus), "--tokens", str(7 * WINDOW),
             "--window", str(WINDOW), "--md-pairs", "60", "--top-pairs", "3", "--fraction", "0.05",
-            "--check-windows", "0", "--out", str(out)]
+            "--check-windows", "1", "--check-corpus", str(corpus), "--out", str(out)]
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -62,9 +69,7 @@ def test_two_process_gloo_scan_equals_one_process(tiny_model_dir, corpus, tmp_pa
     env = {**os.environ, "NEGDIFF_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     one = _scan([sys.executable], str(tiny_model_dir), corpus, tmp_path / "one", env)
     assert one.returncode == 0, one.stderr[-2000:]
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port())]
-    two = _scan(run, str(tiny_model_dir), corpus, tmp_path / "two", env)
+    two = _scan(_torchrun(), str(tiny_model_dir), corpus, tmp_path / "two", env)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("Wasserstein neurons") == 1  # only rank 0 reports
 
@@ -82,3 +87,22 @@ def test_two_process_gloo_scan_equals_one_process(tiny_model_dir, corpus, tmp_pa
     pb = pd.read_parquet(tmp_path / "two" / "pairs.parquet").sort_values(["group", "layer", "neuron", "rank"])
     np.testing.assert_allclose(pb.ratio.to_numpy(), pa.ratio.to_numpy(), rtol=1e-5)
     assert not list((tmp_path / "two").glob(".scan_state*"))
+    assert rb["summary"]["check"]["wn_neg"] == pytest.approx(ra["summary"]["check"]["wn_neg"], rel=1e-5)
+
+
+def test_two_process_eval_equals_one_process(tiny_model_dir, tmp_path):
+    """Scoring shards length buckets over ranks and shares the scores: same items, same numbers."""
+    env = {**os.environ, "NEGDIFF_PROGRESS": "0", "OMP_NUM_THREADS": "1", "NEGDIFF_DATA": str(SHARED)}
+    args = ["-m", "negdiff", "eval", str(tiny_model_dir), "--tasks", "blimp,tse", "--limit", "2"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([*_torchrun(), *args, "--out", str(tmp_path / "two")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for task in ("blimp", "tse"):
+        a = pd.read_parquet(tmp_path / "one" / f"items_{task}.parquet")
+        b = pd.read_parquet(tmp_path / "two" / f"items_{task}.parquet")
+        assert len(a) == len(b) > 10 and list(a.item_id) == list(b.item_id)
+        np.testing.assert_allclose(b.lp_good, a.lp_good, rtol=1e-6)
+        np.testing.assert_allclose(b.lp_bad, a.lp_bad, rtol=1e-6)

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+from negdiff import distributed
 from negdiff.errors import NegdiffError
 
 #: Modules that add subcommands, in the order they appear in ``negdiff --help``.
@@ -22,6 +23,10 @@ COMMAND_MODULES = (
     "negdiff.evaluate",
     "negdiff.experiments.ablate",
     "negdiff.experiments.pos",
+    "negdiff.experiments.pairs",
+    "negdiff.experiments.layers",
+    "negdiff.experiments.train_mini",
+    "negdiff.experiments.dynamics",
     "negdiff.fetch",
 )
 
@@ -103,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    rank = distributed.from_env()
     try:
+        if rank.active and hasattr(args, "device"):  # torchrun: one process per device, joined in a group
+            args.device = distributed.device_for(args.device, rank)
+            distributed.init(args.device)
         return int(args.func(args) or 0)
     except NegdiffError as exc:
         print(f"negdiff: error: {exc}", file=sys.stderr)
@@ -111,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("negdiff: interrupted; finished steps are kept and a rerun resumes", file=sys.stderr)
         return 130
+    finally:
+        distributed.finish(rank)
 
 
 if __name__ == "__main__":

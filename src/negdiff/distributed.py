@@ -14,7 +14,9 @@ same code runs on both.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,28 @@ def from_env() -> Rank:
     except ValueError as exc:
         raise NegdiffError(f"malformed torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {exc}") from None
     return Rank(rank, world, local)
+
+
+_LOCAL = [False]
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Within the block this process works alone (rank 0 finishing a merged result while the others are done)."""
+    _LOCAL[0] = True
+    try:
+        yield
+    finally:
+        _LOCAL[0] = False
+
+
+def current() -> Rank:
+    """The rank in an initialized process group (rank 0 of 1 when there is none): what collectives may assume."""
+    import torch.distributed as dist
+
+    if not _LOCAL[0] and dist.is_available() and dist.is_initialized():
+        return Rank(dist.get_rank(), dist.get_world_size(), from_env().local_rank)
+    return Rank()
 
 
 def device_for(requested: str, r: Rank) -> str:
@@ -95,6 +119,17 @@ def gather_to_main(obj: Any, r: Rank) -> list[Any]:
     out: list[Any] | None = [None] * r.world if r.main else None
     dist.gather_object(obj, out, dst=0)
     return out or []
+
+
+def all_gather(obj: Any, r: Rank) -> list[Any]:
+    """Every rank's ``obj`` in rank order, on every rank (``[obj]`` outside a process group)."""
+    import torch.distributed as dist
+
+    if not r.active or not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * r.world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(r: Rank) -> None:

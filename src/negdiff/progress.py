@@ -17,6 +17,8 @@ T = TypeVar("T")
 
 
 def enabled() -> bool:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return False
     flag = os.environ.get("NEGDIFF_PROGRESS")
     if flag is not None:
         return flag not in ("0", "false", "no")
@@ -33,5 +35,7 @@ def bar(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
 
 
 def status(msg: str) -> None:
-    """A one-line status message on stderr (always shown: it explains a pause)."""
+    """A one-line status message on stderr (always shown, by rank 0 under torchrun: it explains a pause)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     print(f"negdiff: {msg}", file=sys.stderr, flush=True)

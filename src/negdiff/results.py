@@ -41,9 +41,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write_with(path, write)
 
 
-def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> Path:
-    """Let ``writer(tmp_path)`` produce a file (parquet, PNG, safetensors...), then move it into place."""
+def atomic_write_with(path: str | Path, writer: Callable[[Path], None], all_ranks: bool = False) -> Path:
+    """Let ``writer(tmp_path)`` produce a file (parquet, PNG, safetensors...), then move it into place.
+
+    Under ``torchrun`` every rank computes the same results but only rank 0 writes them (two ranks
+    replacing one file would race); ``all_ranks=True`` is for per-rank files such as scan checkpoints.
+    """
     path = Path(path)
+    if not all_ranks and os.environ.get("RANK", "0") != "0":
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)

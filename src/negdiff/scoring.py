@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from negdiff import distributed
 from negdiff.errors import NegdiffError
 from negdiff.progress import bar
 
@@ -224,6 +225,9 @@ def score(
     pad = 0
     out: list[TokenScores | None] = [None] * len(seqs)
     batches = length_buckets(inputs_len, batch_budget(config, dev))
+    rank = distributed.current()
+    if rank.active:  # data-parallel under torchrun: every rank scores every world-th batch, then all share
+        batches = batches[rank.rank::rank.world]
     with torch.inference_mode():
         for batch in bar(batches, desc=desc or "scoring", unit="batch"):
             width = inputs_len[batch[0]]
@@ -248,6 +252,10 @@ def score(
                 out[i] = TokenScores(lp[at:at + k], None if top is None else top[at:at + k])
                 at += k
             del logits
+    if rank.active:
+        for part in distributed.all_gather({i: s for i, s in enumerate(out) if s is not None}, rank):
+            for i, s in part.items():
+                out[i] = s
     return out  # type: ignore[return-value]
 
 

@@ -234,7 +234,7 @@ def run_scan(loaded: LoadedModel, cfg: ScanConfig, out: str | Path, force: bool 
         streamer.calibrate(loaded, windows[0])
 
     def save_state(state: dict) -> None:
-        atomic_write_with(state_path, lambda tmp: torch.save({**state, "key": key}, tmp))
+        atomic_write_with(state_path, lambda tmp: torch.save({**state, "key": key}, tmp), all_ranks=True)
 
     started = time.time()
     block = distributed.shard(len(windows), r)
@@ -244,6 +244,15 @@ def run_scan(loaded: LoadedModel, cfg: ScanConfig, out: str | Path, force: bool 
     if not r.main:
         state_path.unlink(missing_ok=True)
         return {"rank": r.rank, "windows": [block.start, block.stop]}
+    with distributed.local_only():  # the other ranks are done: rank 0 finishes alone
+        return _finish(loaded, cfg, out, record, streamer, windows, check, seconds, started, (block, start, r))
+
+
+def _finish(loaded: LoadedModel, cfg: ScanConfig, out: Path, record: dict, streamer: Streamer, windows: torch.Tensor,
+            check: torch.Tensor | None, seconds: float, started: float, where: tuple) -> dict[str, Any]:
+    """Tables, selections, the sanity read-out, figures and scan.json from the (merged) accumulators."""
+    block, start, r = where
+    window, key = windows.shape[1], record["key"]
     table = neuron_table(streamer)
     wn = select_wasserstein(table, cfg.fraction, cfg.scope, cfg.criterion)
     wn_global = select_wasserstein(table, cfg.fraction, "global", cfg.criterion)
@@ -275,7 +284,7 @@ def run_scan(loaded: LoadedModel, cfg: ScanConfig, out: str | Path, force: bool 
     write_parquet(out / "pairs.parquet", pairs)
     scan_figures(table, _hist_samples(loaded, windows, table), out)
     write_json(out / "scan.json", record)
-    state_path.unlink(missing_ok=True)
+    (out / (STATE_FILE + (f".rank{r.rank}of{r.world}" if r.active else ""))).unlink(missing_ok=True)
     return record
 
 
@@ -285,15 +294,11 @@ def _cmd_scan(args) -> int:
 
     cfg = ScanConfig(corpus=args.corpus, tokens=args.tokens, window=args.window, batch_windows=args.batch_windows,
                      md_pairs=args.md_pairs, top_pairs=args.top_pairs, fraction=args.fraction, scope=args.scope,
-                     criterion=args.criterion, seed=args.seed, check_windows=args.check_windows)
-    r = distributed.from_env()
-    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype,
-                        device=distributed.device_for(args.device, r))
-    try:
-        record = run_scan(loaded, cfg, args.out, force=args.force)
-    finally:
-        distributed.finish(r)
-    if r.main:
+                     criterion=args.criterion, seed=args.seed, check_windows=args.check_windows,
+                     check_corpus=args.check_corpus)
+    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
+    record = run_scan(loaded, cfg, args.out, force=args.force)
+    if distributed.from_env().main:
         print("\n".join(record["summary_lines"]))
         print(f"wrote {args.out}/: neurons.parquet wn.json pairs.parquet scan.json figures/")
     return 0
@@ -319,6 +324,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--check-windows", type=int, default=d.check_windows,
                    help="held-out windows for the closing perplexity read-out (0 to skip)")
+    p.add_argument("--check-corpus", default=d.check_corpus, help="corpus of the held-out read-out")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="redo a finished scan")
     p.set_defaults(func=_cmd_scan)
