@@ -1,28 +1,60 @@
-"""reproduce: steps resume after an interruption; manifest and self-contained report."""
+"""reproduce: content-addressed steps, resume after an interruption or a kill, manifest, self-contained report."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import negdiff.experiments.ablate as ablate
 import negdiff.experiments.reproduce as reproduce
-from negdiff import load_model
+from negdiff import NegdiffError, load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="staged data not beside the repo")
+
+TINY = {"scan": {"tokens": 1024, "window": 128, "md_pairs": 100, "fraction": 0.05, "check_windows": 0},
+        "ablate": {"tasks": ["perplexity", "blimp", "tse"], "fraction": 0.05, "seeds": 2, "blimp_limit": 1,
+                   "tse_limit": 1, "ppl_tokens": 512, "calib_tokens": 512, "dose_fractions": [], "n_boot": 100,
+                   "match_tol": 0.5},
+        "pairs": {"tokens": 512, "window": 128, "md_pairs": 60, "n_boot": 100},
+        "pos": {"max_words": 300, "seeds": 1, "n_boot": 100},
+        "layers": {"group_size": 1, "blimp_limit": 1, "tse_limit": 1, "ppl_tokens": 256, "n_boot": 100}}
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="staged data not beside the repo")
+def test_step_keys_change_with_what_decides_the_numbers():
+    model = {"spec": "m", "revision": None, "dtype": "float32"}
+    sizes = reproduce.preset_sizes("quick", TINY)
+    base = reproduce.step_keys(model, sizes, 0)
+    assert base == reproduce.step_keys(model, sizes, 0)
+    seed = reproduce.step_keys(model, sizes, 1)
+    assert all(seed[k] != base[k] for k in base)
+    changed = reproduce.step_keys(model, reproduce.preset_sizes("quick", {**TINY, "pos": {"max_words": 301}}), 0)
+    assert changed["pos"] != base["pos"] and {k: v for k, v in changed.items() if k != "pos"} == \
+        {k: v for k, v in base.items() if k != "pos"}
+    # a scan change invalidates everything downstream of it
+    rescan = reproduce.step_keys(model, reproduce.preset_sizes("quick", {**TINY, "scan": {"tokens": 2048}}), 0)
+    assert all(rescan[k] != base[k] for k in base)
+    other = reproduce.step_keys({**model, "revision": "step1"}, sizes, 0)
+    assert all(other[k] != base[k] for k in base)
+
+
+def test_sizes_overrides_are_checked():
+    assert "layers" not in reproduce.preset_sizes("quick", {"layers": None})
+    with pytest.raises(NegdiffError, match="unknown step 'scna'"):
+        reproduce.preset_sizes("quick", {"scna": {}})
+    with pytest.raises(NegdiffError, match="needs scan"):
+        reproduce.preset_sizes("quick", {"scan": None})
+
+
 def test_interrupted_reproduce_resumes_and_reports(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("NEGDIFF_DATA", str(SHARED))
-    tiny = {"scan": {"tokens": 1024, "window": 128, "md_pairs": 100, "fraction": 0.05, "check_windows": 0},
-            "ablate": {"tasks": ("perplexity", "blimp", "tse"), "fraction": 0.05, "seeds": 2, "blimp_limit": 1,
-                       "tse_limit": 1, "ppl_tokens": 512, "calib_tokens": 512, "dose_fractions": (), "n_boot": 100,
-                       "match_tol": 0.5},
-            "pos": {"max_words": 300, "seeds": 1, "n_boot": 100}}
-    monkeypatch.setitem(reproduce.PRESETS, "quick", tiny)
     loaded = load_model(str(tiny_model_dir))
     real = ablate.run_ablate
 
@@ -31,22 +63,73 @@ def test_interrupted_reproduce_resumes_and_reports(tiny_model_dir, tmp_path, mon
 
     monkeypatch.setattr(ablate, "run_ablate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        reproduce.run_reproduce(loaded, tmp_path, "quick", command="negdiff reproduce test")
+        reproduce.run_reproduce(loaded, tmp_path, "quick", command="negdiff reproduce test", overrides=TINY)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["steps"]["scan"]["status"] == "done"
     assert manifest["steps"]["ablate"]["status"] == "interrupted"
-    assert not (tmp_path / "report.html").exists()
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "ablate" / "ablation.json").exists()
     scan_timing = json.loads((tmp_path / "scan" / "scan.json").read_text())["timing"]
 
     monkeypatch.setattr(ablate, "run_ablate", real)
-    manifest = reproduce.run_reproduce(loaded, tmp_path, "quick", command="negdiff reproduce test")
-    assert manifest["steps"]["ablate"]["status"] == "done"
+    manifest = reproduce.run_reproduce(loaded, tmp_path, "quick", command="negdiff reproduce test", overrides=TINY)
+    assert all(manifest["steps"][s]["status"] == "done" for s in ("scan", "ablate", "pairs", "pos", "layers"))
     assert json.loads((tmp_path / "scan" / "scan.json").read_text())["timing"] == scan_timing  # not redone
     assert "blimp/adjunct_island.jsonl.gz" in manifest["data"] and manifest["model"]["sites"]["n_layers"] == 2
+    assert manifest["model"]["weights_hash"] and manifest["versions"]["negdiff"] and manifest["seed"] == 0
+    assert manifest["command"] == "negdiff reproduce test" and manifest["finished"] >= manifest["started"]
     page = (tmp_path / "report.html").read_text()
     figures = list(tmp_path.glob("*/figures/*.png"))
-    assert manifest["steps"]["pos"]["status"] == "done"
-    assert len(figures) >= 9 and page.count("data:image/png;base64,") == len(figures)
-    assert "<th>condition</th>" in page and "wn_neg" in page and "inconclusive" in page or "holds" in page
+    assert {p.parent.parent.name for p in figures} >= {"scan", "ablate", "pairs", "pos", "layers"}
+    assert page.count("data:image/png;base64,") == len(figures)
+    assert "<th>condition</th>" in page and "wn_neg" in page and ("inconclusive" in page or "holds" in page)
     md = (tmp_path / "report.md").read_text()
-    assert "## Headline table" in md and "| baseline |" in md
+    assert "## Headline table" in md and "| baseline |" in md and "## Layer groups" in md
+
+    # a rerun with nothing changed touches no model: every step is a cache hit
+    def no_model():
+        raise AssertionError("the model was loaded although every step is done")
+
+    ident = reproduce._model_id(loaded.info.spec, loaded.info.revision, loaded.info.dtype)
+    again = reproduce.run_reproduce(no_model, tmp_path, "quick", command="x", overrides=TINY, model_id=ident)
+    assert again["steps"]["layers"]["seconds"] == manifest["steps"]["layers"]["seconds"]
+
+
+def _cli(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "negdiff", "reproduce", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_reproduce_resumes_to_the_same_report(tiny_model_dir, tmp_path):
+    sizes = tmp_path / "sizes.json"
+    sizes.write_text(json.dumps(TINY))
+    env = {**os.environ, "NEGDIFF_DATA": str(SHARED), "NEGDIFF_PROGRESS": "0"}
+    clean = _cli([str(tiny_model_dir), "--out", str(tmp_path / "clean"), "--sizes", str(sizes)], env)
+    assert clean.wait(timeout=600) == 0, clean.stderr.read()[-2000:]
+
+    run = tmp_path / "killed"
+    proc = _cli([str(tiny_model_dir), "--out", str(run), "--sizes", str(sizes)], env)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill -9 once the scan is done and a later step is running
+        m = run / "manifest.json"
+        if m.is_file():
+            steps = json.loads(m.read_text()).get("steps", {})
+            if steps.get("scan", {}).get("status") == "done" and len(steps) >= 2:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "report.html").exists()
+    for path in run.rglob("*.json"):  # whatever exists is whole (atomic writes): it parses
+        if not path.name.startswith("."):
+            json.loads(path.read_text())
+    again = _cli([str(tiny_model_dir), "--out", str(run), "--sizes", str(sizes)], env)
+    assert again.wait(timeout=600) == 0, again.stderr.read()[-2000:]
+
+    def table(path: Path) -> str:
+        md = path.read_text()
+        body = md[md.index("## Headline table"): md.index("## Figures")]
+        return "\n".join(line for line in body.splitlines() if "tok/s" not in line)
+
+    assert table(run / "report.md") == table(tmp_path / "clean" / "report.md")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all(s["status"] == "done" for s in manifest["steps"].values())

@@ -121,6 +121,14 @@ def _file_key(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _folder_key(folder: Path) -> str | None:
+    """A local model folder's weights identity: the cheap key of each weights file, hashed together."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt") and p.is_file())
+    if not files:
+        return None
+    return hashlib.sha256("".join(_file_key(p) for p in files).encode()).hexdigest()[:16]
+
+
 def _dequantize_to(gguf: Path, out: Path) -> None:
     """Dequantize ``gguf`` once into a plain HF model folder at ``out`` (written atomically)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -263,6 +271,7 @@ def load_model(
             raise NegdiffError(f"'{spec}' is not a model folder (no config.json) nor a .gguf file")
         source, path = "local", str(Path(spec).resolve())
         model, tok = _from_folder(spec, revision, torch_dtype, device_map, hub=False)
+        weights_hash = _folder_key(Path(spec))
     else:
         source = "hub"
         model, tok = _from_folder(spec, revision, torch_dtype, device_map, hub=True)

@@ -13,17 +13,20 @@ from typing import Any
 
 from negdiff.results import atomic_write_bytes, read_json
 
-STEPS = ("scan", "ablate", "pos")
+#: step -> its record file, in report order
+STEPS = {"scan": "scan.json", "ablate": "ablation.json", "pairs": "pairs.json", "pos": "pos.json",
+         "layers": "layers.json", "dynamics": "dynamics.json"}
+#: headings of the steps whose summary lines the report quotes
+SECTIONS = {"scan": "Scan", "pairs": "Negative differentiation: the top pairs of WN vs random neurons",
+            "pos": "Where the excess surprisal lands (gold UPOS)", "layers": "Layer groups",
+            "dynamics": "Training dynamics"}
 
 
 def _load(run: Path) -> dict[str, Any]:
     parts: dict[str, Any] = {}
-    if (run / "scan" / "scan.json").is_file():
-        parts["scan"] = read_json(run / "scan" / "scan.json")
-    if (run / "ablate" / "ablation.json").is_file():
-        parts["ablate"] = read_json(run / "ablate" / "ablation.json")
-    if (run / "pos" / "pos.json").is_file():
-        parts["pos"] = read_json(run / "pos" / "pos.json")
+    for step, name in STEPS.items():
+        if (run / step / name).is_file():
+            parts[step] = read_json(run / step / name)
     if (run / "manifest.json").is_file():
         parts["manifest"] = read_json(run / "manifest.json")
     return parts
@@ -61,11 +64,9 @@ def markdown(run: str | Path) -> str:
             lines.append(f"Dose response: perplexity doubles at p = {100 * dd:.2f}% per layer." if dd else
                          "Dose response: perplexity does not double within the sweep.")
             lines.append("")
-    if "scan" in parts:
-        lines += ["## Scan", "", *[f"    {x}" for x in parts["scan"].get("summary_lines", [])], ""]
-    if "pos" in parts:
-        lines += ["## Where the excess surprisal lands (gold UPOS)", "",
-                  *[f"    {x}" for x in parts["pos"].get("summary_lines", [])], ""]
+    for step, heading in SECTIONS.items():
+        if step in parts:
+            lines += [f"## {heading}", "", *[f"    {x}" for x in parts[step].get("summary_lines", [])], ""]
     lines += ["## Figures", ""] + [f"![{p.stem}]({p.relative_to(run)})" for p in _figures(run)] + [""]
     if "manifest" in parts:
         m = parts["manifest"]
