@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("NEGDIFF_PROGRESS", "0")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers as T  # noqa: E402
@@ -86,4 +87,14 @@ def tiny_model_dir(tmp_path_factory, real_tokenizer):
     torch.manual_seed(0)
     T.LlamaForCausalLM(cfg).save_pretrained(path)
     real_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def word_corpus(tmp_path_factory):
+    """A small text file of random words from a tiny vocabulary: 30 documents of 60 words."""
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    rng = np.random.default_rng(0)
+    words = "the a of to in cat dog sat ran on mat and was is it quickly house tree".split()
+    path.write_text("\n\n".join(" ".join(rng.choice(words, 60)) + "." for _ in range(30)))
     return path

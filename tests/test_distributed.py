@@ -57,12 +57,8 @@ def _scan(cmd_prefix: list[str], model: str, corpus, out, env) -> subprocess.Com
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    rng = np.random.default_rng(1)
-    words = "the a of to in cat dog sat ran on mat and was is it quickly house tree".split()
-    path.write_text("\n\n".join(" ".join(rng.choice(words, 60)) + "." for _ in range(30)))
-    return path
+def corpus(word_corpus):
+    return word_corpus
 
 
 def test_two_process_gloo_scan_equals_one_process(tiny_model_dir, corpus, tmp_path):

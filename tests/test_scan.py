@@ -29,12 +29,8 @@ def test_plan_pairs_disjoint_and_cross_window():
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    rng = np.random.default_rng(0)
-    words = "the a of to in cat dog sat ran on mat and was is it quickly house tree".split()
-    path.write_text("\n\n".join(" ".join(rng.choice(words, 60)) + "." for _ in range(30)))
-    return path
+def corpus(word_corpus):
+    return word_corpus
 
 
 @pytest.fixture(scope="module")

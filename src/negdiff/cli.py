@@ -38,6 +38,23 @@ def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
     p.add_argument("--revision", default=None, help="hub revision, e.g. step1000 for Pythia checkpoints")
     p.add_argument("--dtype", default="float32", help="float32 (default, honest on CPU), bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (shard over GPUs with accelerate)")
+    add_threads_arg(p)
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    """``--threads``: torch's CPU threads (main applies it; 1 is faster when another job shares 2 cores)."""
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a shared small machine)")
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise NegdiffError(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -110,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rank = distributed.from_env()
     try:
+        _apply_threads(args)
         if rank.active and hasattr(args, "device"):  # torchrun: one process per device, joined in a group
             args.device = distributed.device_for(args.device, rank)
             distributed.init(args.device)

@@ -125,10 +125,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from negdiff.progress import status
 
     names = expand_tasks(args.tasks)  # fail on a typo before loading the model
-    if args.threads is not None:
-        if args.threads < 1:
-            raise NegdiffError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     scoring = ScoringConfig(bos=args.bos, max_batch_tokens=args.batch_tokens)
     config = EvalConfig(scoring=scoring, limit=args.limit, seed=args.seed, max_tokens=args.max_tokens,
                         ppl_corpus=args.ppl_corpus, blimp_sample=args.blimp_sample, data_root=args.data,
@@ -190,8 +186,6 @@ def register(subparsers) -> None:
     p.add_argument("--ppl-corpus", default="wikitext2-valid", help="perplexity corpus: a name or a local text file")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="padded tokens per forward pass (default: 256 on CPU, 16384 on CUDA)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads; 1 is much faster when other jobs share a small machine")
     p.add_argument("--bos", default="prefix", choices=("prefix", "tokenizer_default"), help="BOS policy")
     p.add_argument("--tse-reduction", default="mean", choices=("mean", "sum"), help="TSE sentence score")
     p.add_argument("--seed", type=int, default=0, help="seed for subsets and the bootstrap")

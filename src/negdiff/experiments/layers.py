@@ -194,12 +194,6 @@ def _cmd_layers(args) -> int:
                        batch_tokens=args.batch_tokens, bos=args.bos)
     if not (Path(args.scan) / "wn.json").is_file():
         raise NegdiffError(f"--scan: {args.scan} holds no wn.json; run `negdiff scan MODEL --out {args.scan}` first")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise NegdiffError(f"--threads must be at least 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
     loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
     layer_groups(len(loaded.sites), cfg.group_size)  # a bad --group-size fails before any evaluation
     record = run_layers(loaded, args.scan, cfg, args.out, force=args.force)
@@ -229,7 +223,6 @@ def register(sub) -> None:
     p.add_argument("--bos", choices=("prefix", "tokenizer_default"), default=d.bos, help="BOS policy")
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens,
                    help="padded tokens per forward (default: 256 on CPU, 16384 on CUDA)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a shared small machine)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="re-evaluate finished conditions")
     p.set_defaults(func=_cmd_layers)

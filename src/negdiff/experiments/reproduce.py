@@ -28,12 +28,12 @@ from negdiff.results import config_key, file_sha256, read_json, versions, write_
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "scan": {"tokens": 32_768, "md_pairs": 12_288},
-        "ablate": {"seeds": 2, "blimp_limit": 10, "tse_limit": 15, "nongram_limit": 25, "ppl_tokens": 8192,
-                   "calib_tokens": 4096, "dose_fractions": (0.005, 0.01, 0.05), "dose_blimp_limit": 3,
-                   "dose_ppl_tokens": 4096},
-        "pairs": {"tokens": 16_384, "md_pairs": 6144},
-        "pos": {"max_words": 4000, "seeds": 2},
-        "layers": {"blimp_limit": 4, "tse_limit": 5, "ppl_tokens": 4096},
+        "ablate": {"seeds": 2, "blimp_limit": 5, "tse_limit": 5, "nongram_limit": 20, "ppl_tokens": 4096,
+                   "calib_tokens": 2048, "dose_fractions": (0.01, 0.05), "dose_blimp_limit": 2,
+                   "dose_ppl_tokens": 2048},
+        "pairs": {"tokens": 8192, "md_pairs": 4096},
+        "pos": {"max_words": 2000, "seeds": 1},
+        "layers": {"group_size": 10, "blimp_limit": 3, "tse_limit": 3, "ppl_tokens": 2048},
     },
     "full": {
         "scan": {"tokens": 262_144},
