@@ -21,7 +21,7 @@ import torch
 from negdiff import distributed
 from negdiff.data import corpus_documents, token_windows
 from negdiff.errors import NegdiffError
-from negdiff.experiments.scan_stream import Streamer, merge_ranks, plan_pairs, stream
+from negdiff.experiments.scan_stream import Streamer, merge_ranks, nearest_md, plan_pairs, stream
 from negdiff.figures import scan_figures
 from negdiff.hooks import capture, intervene
 from negdiff.models import LoadedModel
@@ -54,6 +54,7 @@ class ScanConfig:
     window: int | None = None  # default: min(2048, the model's max length)
     batch_windows: int = 1
     md_pairs: int = 24_576  # per layer
+    md_nearest_tokens: int = 0  # > 0: also the nearest-neighbour MD over this many tokens (column md_nearest)
     top_pairs: int = 10
     fraction: float = 0.01
     scope: str = "per_layer"
@@ -254,6 +255,8 @@ def _finish(loaded: LoadedModel, cfg: ScanConfig, out: Path, record: dict, strea
     block, start, r = where
     window, key = windows.shape[1], record["key"]
     table = neuron_table(streamer)
+    if cfg.md_nearest_tokens > 0:
+        table["md_nearest"] = np.concatenate(nearest_md(loaded, windows, streamer, cfg.md_nearest_tokens))
     wn = select_wasserstein(table, cfg.fraction, cfg.scope, cfg.criterion)
     wn_global = select_wasserstein(table, cfg.fraction, "global", cfg.criterion)
     wn.rule.update(scan=key, model=loaded.info.spec, corpus=cfg.corpus)
@@ -293,7 +296,7 @@ def _cmd_scan(args) -> int:
     from negdiff.models import load_model
 
     cfg = ScanConfig(corpus=args.corpus, tokens=args.tokens, window=args.window, batch_windows=args.batch_windows,
-                     md_pairs=args.md_pairs, top_pairs=args.top_pairs, fraction=args.fraction, scope=args.scope,
+                     md_pairs=args.md_pairs, md_nearest_tokens=args.md_nearest_tokens, top_pairs=args.top_pairs, fraction=args.fraction, scope=args.scope,
                      criterion=args.criterion, seed=args.seed, check_windows=args.check_windows,
                      check_corpus=args.check_corpus)
     loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
@@ -317,6 +320,9 @@ def register(sub) -> None:
     p.add_argument("--window", type=int, default=None, help="window length (default min(2048, model max length))")
     p.add_argument("--batch-windows", type=int, default=d.batch_windows, help="windows per forward pass")
     p.add_argument("--md-pairs", type=int, default=d.md_pairs, help="mapping-difficulty pairs per layer")
+    p.add_argument("--md-nearest-tokens", type=int, default=d.md_nearest_tokens,
+                   help="also compute the nearest-neighbour MD (most cosine-similar inputs) over this many tokens "
+                   "(column md_nearest; quadratic cost: a few thousand; default off)")
     p.add_argument("--top-pairs", type=int, default=d.top_pairs, help="top-ratio pairs kept per neuron")
     p.add_argument("--fraction", type=float, default=d.fraction, help="WN fraction (default 0.01)")
     p.add_argument("--scope", choices=("per_layer", "global"), default=d.scope)

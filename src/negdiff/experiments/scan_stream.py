@@ -17,7 +17,7 @@ import torch
 
 from negdiff import distributed
 from negdiff.hooks import capture
-from negdiff.mapdiff import MDAccumulator
+from negdiff.mapdiff import MDAccumulator, nearest_pairs
 from negdiff.models import LoadedModel
 from negdiff.progress import bar
 from negdiff.stats import NeuronStats
@@ -219,3 +219,30 @@ def _merge_ranks(streamer: Streamer, r: distributed.Rank) -> None:
                 md.add(prev["held"].to(W.device), xb.to(W.device), W, b, meta={"pair_id": torch.as_tensor(ids)})
         streamer.held.pop(layer, None)
         streamer.orphans.pop(layer, None)
+
+
+def nearest_md(loaded: LoadedModel, windows: torch.Tensor, streamer: Streamer, tokens: int) -> list[np.ndarray]:
+    """The nearest-neighbour variant of mapping difficulty, per layer: pairs of the most cosine-similar MLP
+    inputs among the first ``tokens`` tokens (disjoint, greedy; see :func:`nearest_pairs`), so it asks how
+    far apart a neuron sends inputs that are *nearly the same*, rather than random ones. Quadratic in
+    ``tokens``: a few thousand is the intended size. Returns each layer's MD array."""
+    n_win = max(1, min(len(windows), -(-tokens // windows.shape[1])))
+    held: dict[int, list[torch.Tensor]] = {}
+
+    def keep(kind: str, layer: int, t: torch.Tensor) -> None:
+        held.setdefault(layer, []).append(t.reshape(-1, t.shape[-1]).float())
+
+    with torch.inference_mode(), capture(loaded.model, what=("mlp_in",), fn=keep, keep=False, stop_after_last=True,
+                                         sites=loaded.sites) as trace:
+        for w in range(n_win):
+            trace.forward(windows[w: w + 1].to(loaded.device))
+    out = []
+    with torch.inference_mode():
+        for site in loaded.sites:
+            x = torch.cat(held.pop(site.layer))[:tokens]
+            a, b, _ = nearest_pairs(x)
+            W, bias = streamer.weights[site.layer]
+            acc = MDAccumulator(site.width, top_k=0)
+            acc.add(x[a.to(x.device)], x[b.to(x.device)], W, bias)
+            out.append(np.asarray(acc.result()["md"], dtype=np.float64))
+    return out
