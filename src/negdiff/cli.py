@@ -47,6 +47,21 @@ def add_threads_arg(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: torch's choice; 1 is faster on a shared small machine)")
 
 
+def run_on_model(args: argparse.Namespace, run, wrote: str, lines=lambda record: record["summary_lines"]) -> int:
+    """The body every experiment command shares: load the model the options name, run, print the summary.
+
+    Under torchrun only rank 0 prints (every rank computes).
+    """
+    from negdiff.models import load_model
+
+    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
+    record = run(loaded)
+    if distributed.from_env().main:
+        print("\n".join(lines(record)))
+        print(f"wrote {args.out}/: {wrote}")
+    return 0
+
+
 def _apply_threads(args: argparse.Namespace) -> None:
     threads = getattr(args, "threads", None)
     if threads is not None:

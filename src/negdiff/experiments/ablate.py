@@ -277,8 +277,8 @@ def run_ablate(loaded: LoadedModel, scan_dir: str | Path, cfg: AblateConfig, out
 
 # ------------------------------------------------------------------------------------------------ CLI
 def _cmd_ablate(args) -> int:
+    from negdiff.cli import run_on_model
     from negdiff.experiments.ablate_stats import table_lines
-    from negdiff.models import load_model
 
     cfg = AblateConfig(tasks=tuple(args.tasks.split(",")), criterion=args.criterion, scope=args.scope,
                        fraction=args.fraction, seeds=args.seeds, seed=args.seed, bos=args.bos,
@@ -292,11 +292,8 @@ def _cmd_ablate(args) -> int:
             cfg = dataclasses.replace(cfg, **{name: None if value == 0 else value})
     if args.no_dose:
         cfg = dataclasses.replace(cfg, dose_fractions=())
-    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
-    record = run_ablate(loaded, args.scan, cfg, args.out, force=args.force)
-    print("\n".join(table_lines(record)))
-    print(f"wrote {args.out}/: ablation.json table.md items/ figures/")
-    return 0
+    return run_on_model(args, lambda loaded: run_ablate(loaded, args.scan, cfg, args.out, force=args.force),
+                        "ablation.json table.md items/ figures/", lines=table_lines)
 
 
 def register(sub) -> None:

@@ -184,7 +184,7 @@ def _limit(value: int | None, default: int | None) -> int | None:
 
 
 def _cmd_layers(args) -> int:
-    from negdiff.models import load_model
+    from negdiff.cli import run_on_model
 
     d = LayersConfig()
     cfg = LayersConfig(tasks=tuple(t for t in args.tasks.split(",") if t), group_size=args.group_size, mode=args.mode,
@@ -194,12 +194,11 @@ def _cmd_layers(args) -> int:
                        batch_tokens=args.batch_tokens, bos=args.bos)
     if not (Path(args.scan) / "wn.json").is_file():
         raise NegdiffError(f"--scan: {args.scan} holds no wn.json; run `negdiff scan MODEL --out {args.scan}` first")
-    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
-    layer_groups(len(loaded.sites), cfg.group_size)  # a bad --group-size fails before any evaluation
-    record = run_layers(loaded, args.scan, cfg, args.out, force=args.force)
-    print("\n".join(record["summary_lines"]))
-    print(f"wrote {args.out}/: layers.json deltas.parquet conditions/ sets/ figures/")
-    return 0
+    def run(loaded):
+        layer_groups(len(loaded.sites), cfg.group_size)  # a bad --group-size fails before any evaluation
+        return run_layers(loaded, args.scan, cfg, args.out, force=args.force)
+
+    return run_on_model(args, run, "layers.json deltas.parquet conditions/ sets/ figures/")
 
 
 def register(sub) -> None:

@@ -358,18 +358,15 @@ def _layers_arg(text: str | None) -> tuple[int, ...] | None:
 
 
 def _cmd_pairs(args) -> int:
-    from negdiff.models import load_model
+    from negdiff.cli import run_on_model
 
     cfg = PairsConfig(corpus=args.corpus, tokens=args.tokens, window=args.window, md_pairs=args.md_pairs,
                       top_pairs=args.top_pairs, seeds=args.seeds, panel_layers=_layers_arg(args.panel_layers),
                       mwt=args.mwt, n_boot=args.n_boot, seed=args.seed, batch_windows=args.batch_windows, data=args.data)
     if not (Path(args.scan) / "wn.json").is_file():
         raise NegdiffError(f"--scan: {args.scan} holds no wn.json; run `negdiff scan MODEL --out {args.scan}` first")
-    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
-    record = run_pairs(loaded, args.scan, cfg, args.out, force=args.force)
-    print("\n".join(record["summary_lines"]))
-    print(f"wrote {args.out}/: pairs.json pairs.parquet panel_preacts.parquet panel_points.parquet figures/")
-    return 0
+    return run_on_model(args, lambda loaded: run_pairs(loaded, args.scan, cfg, args.out, force=args.force),
+                        "pairs.json pairs.parquet panel_preacts.parquet panel_points.parquet figures/")
 
 
 def register(sub) -> None:

@@ -274,17 +274,14 @@ def run_pos(loaded: LoadedModel, scan_dir: str | Path, cfg: PosConfig, out: str 
 
 # ------------------------------------------------------------------------------------------------ CLI
 def _cmd_pos(args) -> int:
-    from negdiff.models import load_model
+    from negdiff.cli import run_on_model
 
     cfg = PosConfig(corpus=args.corpus, seeds=args.seeds, limit_docs=args.limit_docs, max_words=args.max_words or None,
                     max_seq_tokens=args.max_seq_tokens, bos=args.bos, mwt=args.mwt, batch_tokens=args.batch_tokens,
                     n_boot=args.n_boot, seed=args.seed, sets=args.sets, sample=args.sample,
                     extra=tuple(x for x in (args.extra or "").split(",") if x), data=args.data)
-    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
-    record = run_pos(loaded, args.scan, cfg, args.out, force=args.force)
-    print("\n".join(record["summary_lines"]))
-    print(f"wrote {args.out}/: pos.json words.parquet figures/pos_excess.png figures/pos_share.png")
-    return 0
+    return run_on_model(args, lambda loaded: run_pos(loaded, args.scan, cfg, args.out, force=args.force),
+                        "pos.json words.parquet figures/pos_excess.png figures/pos_share.png")
 
 
 def register(sub) -> None:

@@ -293,18 +293,15 @@ def _finish(loaded: LoadedModel, cfg: ScanConfig, out: Path, record: dict, strea
 
 # ------------------------------------------------------------------------------------------------ CLI
 def _cmd_scan(args) -> int:
-    from negdiff.models import load_model
+    from negdiff.cli import run_on_model
 
     cfg = ScanConfig(corpus=args.corpus, tokens=args.tokens, window=args.window, batch_windows=args.batch_windows,
-                     md_pairs=args.md_pairs, md_nearest_tokens=args.md_nearest_tokens, top_pairs=args.top_pairs, fraction=args.fraction, scope=args.scope,
+                     md_pairs=args.md_pairs, md_nearest_tokens=args.md_nearest_tokens, top_pairs=args.top_pairs,
+                     fraction=args.fraction, scope=args.scope,
                      criterion=args.criterion, seed=args.seed, check_windows=args.check_windows,
                      check_corpus=args.check_corpus)
-    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
-    record = run_scan(loaded, cfg, args.out, force=args.force)
-    if distributed.from_env().main:
-        print("\n".join(record["summary_lines"]))
-        print(f"wrote {args.out}/: neurons.parquet wn.json pairs.parquet scan.json figures/")
-    return 0
+    return run_on_model(args, lambda loaded: run_scan(loaded, cfg, args.out, force=args.force),
+                        "neurons.parquet wn.json pairs.parquet scan.json figures/")
 
 
 def register(sub) -> None:
