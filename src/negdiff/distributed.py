@@ -132,13 +132,6 @@ def all_gather(obj: Any, r: Rank) -> list[Any]:
     return out
 
 
-def barrier(r: Rank) -> None:
-    if r.active:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def finish(r: Rank) -> None:
     """Leave the process group (so torchrun sees a clean exit)."""
     if r.active:

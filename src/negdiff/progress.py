@@ -13,11 +13,13 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from negdiff import distributed
+
 T = TypeVar("T")
 
 
 def enabled() -> bool:
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+    if not distributed.from_env().main:  # under torchrun only rank 0 reports
         return False
     flag = os.environ.get("NEGDIFF_PROGRESS")
     if flag is not None:
@@ -36,6 +38,6 @@ def bar(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
 
 def status(msg: str) -> None:
     """A one-line status message on stderr (always shown, by rank 0 under torchrun: it explains a pause)."""
-    if os.environ.get("RANK", "0") != "0":
+    if not distributed.from_env().main:
         return
     print(f"negdiff: {msg}", file=sys.stderr, flush=True)

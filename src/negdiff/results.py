@@ -17,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from negdiff import distributed
+
 
 def _file_mode() -> int:
     """0666 minus the umask: what open() would give, since mkstemp's private 0600 is wrong for results."""
@@ -48,7 +50,7 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], None], all_rank
     replacing one file would race); ``all_ranks=True`` is for per-rank files such as scan checkpoints.
     """
     path = Path(path)
-    if not all_ranks and os.environ.get("RANK", "0") != "0":
+    if not all_ranks and not distributed.from_env().main:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)

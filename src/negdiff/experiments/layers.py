@@ -28,6 +28,8 @@ from negdiff import results
 from negdiff.errors import NegdiffError
 from negdiff.experiments import layers_stats
 from negdiff.experiments.ablate import AblateConfig, Condition, run_condition
+from negdiff.experiments.scan import load_wn as scan_wn
+from negdiff.experiments.scan import wn_path
 from negdiff.hooks import POST_MODES, PRE_MODES
 from negdiff.models import LoadedModel
 from negdiff.neuronset import NeuronSet
@@ -124,10 +126,7 @@ def group_records(groups: list[list[int]], wn: NeuronSet) -> list[dict[str, Any]
 
 # ---------------------------------------------------------------------------------------------- runner
 def load_wn(loaded: LoadedModel, scan_dir: Path) -> tuple[NeuronSet, dict]:
-    if not (scan_dir / "wn.json").is_file():
-        raise NegdiffError(f"--scan: {scan_dir} holds no wn.json; run `negdiff scan MODEL --out {scan_dir}` first")
-    wn = NeuronSet.from_json(scan_dir / "wn.json")
-    wn.validate(loaded.sites)
+    wn = scan_wn(loaded, scan_dir)
     return wn, results.read_json(scan_dir / "scan.json") if (scan_dir / "scan.json").is_file() else {}
 
 
@@ -192,8 +191,7 @@ def _cmd_layers(args) -> int:
                        nongram_limit=_limit(args.nongram_limit, d.nongram_limit),
                        ppl_tokens=_limit(args.ppl_tokens, d.ppl_tokens), n_boot=args.n_boot, seed=args.seed,
                        batch_tokens=args.batch_tokens, bos=args.bos)
-    if not (Path(args.scan) / "wn.json").is_file():
-        raise NegdiffError(f"--scan: {args.scan} holds no wn.json; run `negdiff scan MODEL --out {args.scan}` first")
+    wn_path(args.scan)  # before the model loads
     def run(loaded):
         layer_groups(len(loaded.sites), cfg.group_size)  # a bad --group-size fails before any evaluation
         return run_layers(loaded, args.scan, cfg, args.out, force=args.force)

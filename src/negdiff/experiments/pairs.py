@@ -32,7 +32,7 @@ from negdiff import align, results
 from negdiff.data import corpus_documents, corpus_file, token_windows
 from negdiff.errors import NegdiffError
 from negdiff.experiments import pairs_stats
-from negdiff.experiments.scan import default_window, pairs_table
+from negdiff.experiments.scan import default_window, load_wn, pairs_table, wn_path
 from negdiff.experiments.scan_stream import Streamer, plan_pairs, stream
 from negdiff.mapdiff import MDAccumulator
 from negdiff.models import LoadedModel
@@ -147,10 +147,7 @@ def load_stream(loaded: LoadedModel, cfg: PairsConfig) -> Stream:
 # ---------------------------------------------------------------------------------------------- neurons
 def neuron_sets(loaded: LoadedModel, scan_dir: Path, cfg: PairsConfig) -> tuple[NeuronSet, NeuronSet, pd.DataFrame | None]:
     """The scan's WN, the pooled random control (random.json + extra seeds, WN excluded) and its neuron table."""
-    if not (scan_dir / "wn.json").is_file():
-        raise NegdiffError(f"--scan: {scan_dir} holds no wn.json; run `negdiff scan MODEL --out {scan_dir}` first")
-    wn = NeuronSet.from_json(scan_dir / "wn.json")
-    wn.validate(loaded.sites)
+    wn = load_wn(loaded, scan_dir)
     if wn.size == 0:
         raise NegdiffError(f"--scan: {scan_dir / 'wn.json'} is empty")
     widths = {s.layer: s.width for s in loaded.sites}
@@ -363,8 +360,7 @@ def _cmd_pairs(args) -> int:
     cfg = PairsConfig(corpus=args.corpus, tokens=args.tokens, window=args.window, md_pairs=args.md_pairs,
                       top_pairs=args.top_pairs, seeds=args.seeds, panel_layers=_layers_arg(args.panel_layers),
                       mwt=args.mwt, n_boot=args.n_boot, seed=args.seed, batch_windows=args.batch_windows, data=args.data)
-    if not (Path(args.scan) / "wn.json").is_file():
-        raise NegdiffError(f"--scan: {args.scan} holds no wn.json; run `negdiff scan MODEL --out {args.scan}` first")
+    wn_path(args.scan)  # before the model loads
     return run_on_model(args, lambda loaded: run_pairs(loaded, args.scan, cfg, args.out, force=args.force),
                         "pairs.json pairs.parquet panel_preacts.parquet panel_points.parquet figures/")
 

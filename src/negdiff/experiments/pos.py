@@ -33,6 +33,7 @@ from negdiff.experiments.pos_stats import (  # noqa: F401  (re-exported: the pub
     tag_group,
     tag_order,
 )
+from negdiff.experiments.scan import load_wn
 from negdiff.figures import save
 from negdiff.hooks import intervene
 from negdiff.models import LoadedModel
@@ -126,11 +127,8 @@ def build_conditions(loaded: LoadedModel, scan_dir: str | Path, cfg: PosConfig) 
     Returns the conditions to score and, for any that cannot be, the message saying why.
     """
     scan_dir = Path(scan_dir)
-    if not (scan_dir / "wn.json").is_file():
-        raise NegdiffError(f"--scan: {scan_dir} holds no wn.json; run `negdiff scan MODEL --out {scan_dir}` first")
-    wn = NeuronSet.from_json(scan_dir / "wn.json")
+    wn = load_wn(loaded, scan_dir)
     widths = {s.layer: s.width for s in loaded.sites}
-    wn.validate(loaded.sites)
     conds = [Condition("baseline", "zero_negative", [("baseline", NeuronSet.empty())], "none"),
              Condition("wn_neg", "zero_negative", [("wn_neg", wn)], str(scan_dir / "wn.json")),
              Condition("random_neg", "zero_negative",

@@ -46,13 +46,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-#: step -> (the file that says it finished, the steps whose outputs it reads)
-STEP_OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "scan": ("scan/scan.json", ()),
-    "ablate": ("ablate/ablation.json", ("scan",)),
-    "pairs": ("pairs/pairs.json", ("scan",)),
-    "pos": ("pos/pos.json", ("scan", "ablate")),
-    "layers": ("layers/layers.json", ("scan",)),
+#: step -> the steps whose outputs it reads (each step's record file, which says it finished, is report.STEPS's)
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "scan": (),
+    "ablate": ("scan",),
+    "pairs": ("scan",),
+    "pos": ("scan", "ablate"),
+    "layers": ("scan",),
 }
 
 
@@ -101,9 +101,9 @@ def step_keys(model_id: dict[str, Any], sizes: dict[str, dict[str, Any]], seed: 
     from negdiff import __version__
 
     keys: dict[str, str] = {}
-    for name in STEP_OUTPUTS:
+    for name in UPSTREAM:
         if name in sizes:
-            upstream = {u: keys.get(u) for u in STEP_OUTPUTS[name][1]}
+            upstream = {u: keys.get(u) for u in UPSTREAM[name]}
             keys[name] = config_key({"step": name, "model": model_id, "sizes": sizes[name], "seed": seed,
                                      "upstream": upstream, "negdiff": __version__})
     return keys
@@ -127,15 +127,15 @@ def preset_sizes(preset: str, overrides: dict[str, dict[str, Any]] | None = None
         raise NegdiffError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     sizes = {k: dict(v) for k, v in PRESETS[preset].items()}
     for step, values in (overrides or {}).items():
-        if step not in STEP_OUTPUTS:
-            raise NegdiffError(f"--sizes: unknown step '{step}'; steps are {', '.join(STEP_OUTPUTS)}")
+        if step not in UPSTREAM:
+            raise NegdiffError(f"--sizes: unknown step '{step}'; steps are {', '.join(UPSTREAM)}")
         if values is None:
             sizes.pop(step, None)
         elif not isinstance(values, dict):
             raise NegdiffError(f"--sizes: step '{step}' needs an object of settings or null")
         else:
             sizes.setdefault(step, {}).update({k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-    for step, (_, upstream) in STEP_OUTPUTS.items():
+    for step, upstream in UPSTREAM.items():
         missing = [u for u in upstream if u not in sizes]
         if step in sizes and missing:
             raise NegdiffError(f"--sizes: step '{step}' needs {', '.join(missing)}")
@@ -151,7 +151,7 @@ def run_reproduce(loaded_or_factory: Any, out: str | Path, preset: str = "quick"
     step has work to do). ``model_id`` identifies the model for the step keys without loading it (default:
     the loaded model's spec, revision and dtype).
     """
-    from negdiff.report import write_report
+    from negdiff.report import STEPS, write_report
 
     out = Path(out)
     sizes = preset_sizes(preset, overrides)
@@ -176,7 +176,7 @@ def run_reproduce(loaded_or_factory: Any, out: str | Path, preset: str = "quick"
     steps = manifest.setdefault("steps", {})
     for name, fn in _runners(out, seed, sizes).items():
         done = steps.get(name, {})
-        if done.get("status") == "done" and done.get("key") == keys[name] and (out / STEP_OUTPUTS[name][0]).is_file():
+        if done.get("status") == "done" and done.get("key") == keys[name] and (out / name / STEPS[name]).is_file():
             continue
         model = loaded()
         manifest.update(model=model.info.to_dict(), device=str(model.device))

@@ -245,15 +245,22 @@ def run_scan(loaded: LoadedModel, cfg: ScanConfig, out: str | Path, force: bool 
     if not r.main:
         state_path.unlink(missing_ok=True)
         return {"rank": r.rank, "windows": [block.start, block.stop]}
+    streamed = (len(block) - max(0, start - block.start)) * window * r.world  # tokens this run streamed
+    record["timing"] = {"scan_s": seconds, "tokens_per_s": streamed / max(seconds, 1e-9), "resumed_from_window": start,
+                        "ranks": r.world}
     with distributed.local_only():  # the other ranks are done: rank 0 finishes alone
-        return _finish(loaded, cfg, out, record, streamer, windows, check, seconds, started, (block, start, r))
+        record = _finish(loaded, cfg, out, record, streamer, windows, check)
+    record["timing"]["total_s"] = time.time() - started
+    write_json(out / "scan.json", record)
+    state_path.unlink(missing_ok=True)
+    return record
 
 
 def _finish(loaded: LoadedModel, cfg: ScanConfig, out: Path, record: dict, streamer: Streamer, windows: torch.Tensor,
-            check: torch.Tensor | None, seconds: float, started: float, where: tuple) -> dict[str, Any]:
-    """Tables, selections, the sanity read-out, figures and scan.json from the (merged) accumulators."""
-    block, start, r = where
-    window, key = windows.shape[1], record["key"]
+            check: torch.Tensor | None) -> dict[str, Any]:
+    """Tables, selections, the sanity read-out and figures from the (merged) accumulators (scan.json is the
+    caller's to write, last, so a finished scan.json always means a finished scan)."""
+    key = record["key"]
     table = neuron_table(streamer)
     if cfg.md_nearest_tokens > 0:
         table["md_nearest"] = np.concatenate(nearest_md(loaded, windows, streamer, cfg.md_nearest_tokens))
@@ -275,9 +282,6 @@ def _finish(loaded: LoadedModel, cfg: ScanConfig, out: Path, record: dict, strea
         "md_pairs_per_layer": int(streamer.md[0].n_pairs), "md_pairs_skipped": int(streamer.md[0].n_skipped),
         "check": _sanity(loaded, check, wn, rand),
     }
-    record["timing"] = {"scan_s": seconds, "tokens_per_s": (len(block) - max(0, start - block.start)) * window
-                        * r.world / max(seconds, 1e-9), "resumed_from_window": start, "ranks": r.world,
-                        "total_s": time.time() - started}
     record["versions"] = versions()
     record["summary_lines"] = summarize(table, record)
     write_parquet(out / "neurons.parquet", table)
@@ -286,9 +290,22 @@ def _finish(loaded: LoadedModel, cfg: ScanConfig, out: Path, record: dict, strea
     wn_global.to_json(out / "wn_global.json")
     write_parquet(out / "pairs.parquet", pairs)
     scan_figures(table, _hist_samples(loaded, windows, table), out)
-    write_json(out / "scan.json", record)
-    (out / (STATE_FILE + (f".rank{r.rank}of{r.world}" if r.active else ""))).unlink(missing_ok=True)
     return record
+
+
+def wn_path(scan_dir: str | Path) -> Path:
+    """The WN set a finished scan wrote (the downstream commands' input), or a clear error if there is none."""
+    path = Path(scan_dir) / "wn.json"
+    if not path.is_file():
+        raise NegdiffError(f"--scan: {scan_dir} holds no wn.json; run `negdiff scan MODEL --out {scan_dir}` first")
+    return path
+
+
+def load_wn(loaded: LoadedModel, scan_dir: str | Path) -> NeuronSet:
+    """A scan's WN set, checked against ``loaded``'s layers and widths."""
+    wn = NeuronSet.from_json(wn_path(scan_dir))
+    wn.validate(loaded.sites)
+    return wn
 
 
 # ------------------------------------------------------------------------------------------------ CLI
