@@ -125,7 +125,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from negdiff.progress import status
 
     names = expand_tasks(args.tasks)  # fail on a typo before loading the model
-    scoring = ScoringConfig(bos=args.bos, max_batch_tokens=args.batch_tokens)
+    scoring = ScoringConfig(bos=args.bos, max_batch_tokens=args.batch_tokens, share_context=not args.no_share_context)
     config = EvalConfig(scoring=scoring, limit=args.limit, seed=args.seed, max_tokens=args.max_tokens,
                         ppl_corpus=args.ppl_corpus, blimp_sample=args.blimp_sample, data_root=args.data,
                         tse_reduction=args.tse_reduction, n_boot=args.n_boot)
@@ -187,6 +187,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="padded tokens per forward pass (default: 256 on CPU, 16384 on CUDA)")
     p.add_argument("--bos", default="prefix", choices=("prefix", "tokenizer_default"), help="BOS policy")
+    p.add_argument("--no-share-context", action="store_true",
+                   help="multiple choice: rerun the context for every answer instead of caching it (a check)")
     p.add_argument("--tse-reduction", default="mean", choices=("mean", "sum"), help="TSE sentence score")
     p.add_argument("--seed", type=int, default=0, help="seed for subsets and the bootstrap")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for CIs")

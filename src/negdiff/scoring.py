@@ -38,6 +38,7 @@ class ScoringConfig:
     max_batch_tokens: int | None = None  # padded tokens per forward; None: auto (see batch_budget)
     max_length: int | None = None  # None: the model's own maximum; longer inputs lose context on the left
     chunk_rows: int = 1024  # scored positions per float32 log-softmax chunk
+    share_context: bool = True  # multiple choice: run a context shared by several answers once (KV cache)
 
     def __post_init__(self) -> None:
         if self.bos not in BOS_POLICIES:
@@ -279,12 +280,12 @@ def score_unbatched(model: nn.Module, request: Request) -> TokenScores:
 
 
 # ---------------------------------------------------------------------------------------------- read-outs
-def _dedup_score(model, requests: list[Request], config, greedy=False, desc=None) -> list[TokenScores]:
+def _dedup_score(model, requests: list[Request], config, greedy=False, desc=None, scorer=score) -> list[TokenScores]:
     """Score each distinct request once (TSE repeats a sixth of its sentences) and fan results out."""
     unique: dict[Request, int] = {}
     for r in requests:
         unique.setdefault(r, len(unique))
-    scored = score(model, list(unique), config, greedy=greedy, desc=desc)
+    scored = scorer(model, list(unique), config, greedy=greedy, desc=desc)
     return [scored[unique[r]] for r in requests]
 
 
@@ -314,8 +315,11 @@ def continuation_logliks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-likelihood of each continuation given its context, and whether it is the greedy one."""
     config = config or ScoringConfig()
+    from negdiff.scoring_shared import score_shared  # builds on this module
+
     reqs = [encode_pair(tokenizer, c, x, config.bos) for c, x in pairs]
-    scores = _dedup_score(model, reqs, config, greedy=True, desc=desc)
+    scores = _dedup_score(model, reqs, config, greedy=True, desc=desc,
+                          scorer=score_shared if config.share_context else score)
     ll = np.array([s.total for s in scores], dtype=np.float64)
     is_greedy = np.array([bool(s.greedy.all()) for s in scores], dtype=bool)
     return ll, is_greedy

@@ -89,9 +89,9 @@ def eval_config(cfg: AblateConfig, task: str, dose: bool = False) -> EvalConfig:
 
 
 def _key_config(cfg: AblateConfig, task: str, dose: bool) -> dict[str, Any]:
-    """An EvalConfig as a resume key: the batch budget is left out (scores do not depend on it)."""
+    """An EvalConfig as a resume key, without the batch budget and context sharing (scores do not depend on them)."""
     out = eval_config(cfg, task, dose).to_dict()
-    out["scoring"] = {k: v for k, v in out["scoring"].items() if k != "max_batch_tokens"}
+    out["scoring"] = {k: v for k, v in out["scoring"].items() if k not in ("max_batch_tokens", "share_context")}
     return out
 
 
