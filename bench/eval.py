@@ -27,7 +27,15 @@ from negdiff.hooks import intervene
 from negdiff.models import load_model
 from negdiff.neuronset import NeuronSet
 from negdiff.results import versions, write_json
-from negdiff.scoring import ScoringConfig, batch_budget, encode_text, length_buckets, score, sequence_logprobs
+from negdiff.scoring import (
+    ScoringConfig,
+    batch_budget,
+    encode_text,
+    length_buckets,
+    prefix_id,
+    score,
+    sequence_logprobs,
+)
 from negdiff.tasks import TASKS, EvalConfig
 from negdiff.tasks_core import subset
 
@@ -46,7 +54,7 @@ def per_sentence_loop(model, tokenizer, texts: list[str]) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for t in texts:
-            ids = [tokenizer.bos_token_id, *tokenizer(t, add_special_tokens=False)["input_ids"]]
+            ids = [prefix_id(tokenizer), *tokenizer(t, add_special_tokens=False)["input_ids"]]
             x = torch.tensor([ids], device=dev)
             logp = torch.log_softmax(model(input_ids=x).logits[0].float(), -1)
             out.append(float(logp[:-1].gather(-1, x[0, 1:, None]).sum()))

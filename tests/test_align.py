@@ -140,7 +140,7 @@ def test_documents_and_chunks(sents, real_tokenizer):
 
 def test_requests_match_the_scorer_encoding(sents, real_tokenizer):
     for c in align.plan_chunks(real_tokenizer, sents, 1000):
-        for bos in ("prefix", "tokenizer_default"):
+        for bos in ("prefix", "tokenizer_default", "bos_token"):
             assert align.encode_chunk(real_tokenizer, c, bos).request == encode_text(real_tokenizer, c.text, bos)
 
 

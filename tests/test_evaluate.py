@@ -54,7 +54,7 @@ def test_evaluate_writes_pairable_results_under_any_condition(tmp_path):
     path = write_results(tmp_path / "run", ablated)
     record = json.loads(path.read_text())
     assert record["condition"]["intervention"] == "zero_negative"
-    assert record["tasks"]["blimp"]["version"] == "1" and record["tasks"]["blimp"]["n"] == 67
+    assert record["tasks"]["blimp"]["version"] == "2" and record["tasks"]["blimp"]["n"] == 67
     for key in ("value", "stderr", "ci_low", "ci_high", "n"):
         assert key in record["tasks"]["tse"]["metrics"]["acc"]
     assert "torch" in record["versions"] and record["model"]["dtype"] == "float32"

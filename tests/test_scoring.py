@@ -109,9 +109,11 @@ def test_encode_pair_splits_the_harness_way():
     r = encode_pair(tok, ctx, cont)
     whole = tok(ctx + cont, add_special_tokens=False)["input_ids"]
     n_ctx = len(tok(ctx, add_special_tokens=False)["input_ids"])
-    assert r.context == (tok.bos_token_id, *whole[:n_ctx]) and r.target == tuple(whole[n_ctx:])
+    assert r.context == tuple(whole[:n_ctx]) and r.target == tuple(whole[n_ctx:])  # no BOS before a context
     moved = encode_pair(tok, ctx + " ", cont.lstrip())  # a trailing space moves to the continuation
     assert moved == r
+    old = encode_pair(tok, ctx, cont, bos="bos_token")  # negdiff's earlier prefix: the literal BOS first
+    assert old.context == (tok.bos_token_id, *whole[:n_ctx]) and old.target == r.target
 
 
 def test_continuation_loglik_matches_float64_recomputation(llama):
@@ -119,8 +121,8 @@ def test_continuation_loglik_matches_float64_recomputation(llama):
     pairs = [("The capital of France is", " Paris"), ("The capital of France is", " a city in Europe")]
     ll, greedy = continuation_logliks(llama, tok, pairs)
     for (ctx, cont), got in zip(pairs, ll, strict=True):
-        ids = [tok.bos_token_id, *tok(ctx + cont, add_special_tokens=False)["input_ids"]]
-        n_ctx = 1 + len(tok(ctx, add_special_tokens=False)["input_ids"])
+        ids = tok(ctx + cont, add_special_tokens=False)["input_ids"]  # harness: no BOS before a context
+        n_ctx = len(tok(ctx, add_special_tokens=False)["input_ids"])
         with torch.no_grad():
             logp = torch.log_softmax(llama(torch.tensor([ids])).logits[0].double(), -1)
         ref = sum(float(logp[i - 1, ids[i]]) for i in range(n_ctx, len(ids)))

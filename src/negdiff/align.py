@@ -37,9 +37,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from negdiff.bos import PREFIXING, prefix_id
 from negdiff.data import Sentence, Token, Word, corpus_documents, corpus_file, read_conllu
 from negdiff.errors import NegdiffError
-from negdiff.scoring import Request, prefix_id
+from negdiff.scoring import Request
 
 #: Multi-word-token rules and what each does (recorded in results).
 MWT_RULES = {"chars": "multi-word tokens whose words spell them are aligned word by word by character overlap; "
@@ -232,11 +233,11 @@ def encode_chunk(tokenizer, chunk: Chunk, bos: str = "prefix") -> Encoded:
     ``tokenizer_default`` the first token is context only; when it is a real token (no BOS added), its
     unit is recorded as ``context_owner``: its words are not fully scored.
     """
-    ids, offsets, special = _encode(tokenizer, chunk.text, special=bos != "prefix")
+    ids, offsets, special = _encode(tokenizer, chunk.text, special=bos not in PREFIXING)
     owner = assign_owners(offsets, chunk.spans, special)
     owner = np.where(owner >= 0, owner + chunk.first_unit, -1)
-    if bos == "prefix":
-        return Encoded(Request((prefix_id(tokenizer),), tuple(ids)), owner)
+    if bos in PREFIXING:
+        return Encoded(Request((prefix_id(tokenizer, bos),), tuple(ids)), owner)
     return Encoded(Request(tuple(ids[:1]), tuple(ids[1:])), owner[1:], int(owner[0]) if len(owner) else -1)
 
 

@@ -8,10 +8,13 @@ log-probs from a float32 log-softmax computed only at the scored positions (logs
 a ``[B, T, V]`` float32 copy). Results do not depend on batch size or padding; ``score_unbatched`` is
 the independent one-at-a-time reference the tests hold it to (within 1e-4 in fp32).
 
-The BOS policy is explicit and recorded: ``prefix`` (default) puts the BOS token (EOS when the
-tokenizer has none) before every text and scores every real token; ``tokenizer_default`` uses the
-tokenizer's own special tokens and leaves the first token unscored, which is what the paper's authors
-did (so Qwen and Pythia never score a sentence's first word).
+The BOS policy is explicit and recorded (:mod:`negdiff.bos`): ``prefix`` (default) puts the
+document-start token (BOS, EOS when there is none, the pretraining separator where those are chat-role
+tokens) before every sentence and scores every real token, while multiple-choice contexts follow the
+evaluation harness (no BOS before a non-empty context unless the model requires one);
+``tokenizer_default`` uses the tokenizer's own special tokens and leaves the first token unscored, which
+is what the paper's authors did (so Qwen and Pythia never score a sentence's first word); ``bos_token``
+puts the literal ``tokenizer.bos_token`` before every text (negdiff's earlier ``prefix``).
 """
 
 from __future__ import annotations
@@ -24,10 +27,9 @@ import torch
 from torch import nn
 
 from negdiff import distributed
+from negdiff.bos import BOS_POLICIES, PREFIXING, bos_record, context_needs_bos, prefix_id
 from negdiff.errors import NegdiffError
 from negdiff.progress import bar
-
-BOS_POLICIES = ("prefix", "tokenizer_default")
 
 
 @dataclass(frozen=True)
@@ -79,47 +81,46 @@ class TokenScores:
 
 
 # ---------------------------------------------------------------------------------------------- encoding
-def prefix_id(tokenizer) -> int:
-    """The token put before every text under ``bos="prefix"``: BOS, or EOS when there is no BOS."""
-    tok = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if tok is None:
-        raise NegdiffError("the tokenizer has neither a BOS nor an EOS token; use --bos tokenizer_default")
-    return int(tok)
-
-
 def _ids(tokenizer, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
 def encode_text(tokenizer, text: str, bos: str = "prefix") -> Request:
-    """A whole text as one request: every real token scored (prefix), or all but the first (default)."""
-    if bos == "prefix":
-        return Request((prefix_id(tokenizer),), tuple(_ids(tokenizer, text, False)))
+    """A whole text as one request: every real token scored (prefix, bos_token), or all but the first (default)."""
+    if bos in PREFIXING:
+        return Request((prefix_id(tokenizer, bos),), tuple(_ids(tokenizer, text, False)))
     ids = _ids(tokenizer, text, True)
     return Request(tuple(ids[:1]), tuple(ids[1:]))
 
 
-def encode_pair(tokenizer, context: str, continuation: str, bos: str = "prefix") -> Request:
+def encode_pair(tokenizer, context: str, continuation: str, bos: str = "prefix", context_bos: bool = False) -> Request:
     """A continuation given a context, split the evaluation harness's way.
 
     Trailing spaces of the context move to the continuation; the joined string is tokenized once and
     the continuation is whatever follows the context's own token count, so the tokens are the ones the
-    model sees in running text. Under ``prefix`` the BOS (or EOS) token starts the context.
+    model sees in running text. Under ``prefix`` a non-empty context starts with the document-start
+    token only when ``context_bos`` (the model requires a BOS, see :func:`negdiff.bos.context_needs_bos`),
+    as in the harness; ``bos_token`` puts its token before every context; an empty context always
+    gets the policy's token, since the first continuation token needs something to be predicted from.
     """
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
     special = bos == "tokenizer_default"
     whole = _ids(tokenizer, context + continuation, special)
-    ctx = _ids(tokenizer, context, special) if context else []
+    ctx = _ids(tokenizer, context, special)
     cont = whole[len(ctx):]
     if not cont:  # the continuation merged into the context's last token: score it separately
         cont = _ids(tokenizer, continuation, False)
-    if bos == "prefix":
-        ctx = [prefix_id(tokenizer), *ctx]
-    elif not ctx:
-        ctx = [prefix_id(tokenizer)]
+    if not ctx or bos == "bos_token" or (bos == "prefix" and context_bos):
+        ctx = [prefix_id(tokenizer, bos), *ctx]
     return Request(tuple(ctx), tuple(cont))
+
+
+def scoring_record(config: ScoringConfig, tokenizer, model=None) -> dict:
+    """``config.to_dict()`` plus the token the BOS policy used (``bos_token``, ``bos_id``, ``bos_reason``)
+    and, given the model, what multiple-choice contexts start with (``context_bos``): what a task records."""
+    return {**config.to_dict(), **bos_record(tokenizer, config.bos, model)}
 
 
 # ---------------------------------------------------------------------------------------------- engine
@@ -317,7 +318,8 @@ def continuation_logliks(
     config = config or ScoringConfig()
     from negdiff.scoring_shared import score_shared  # builds on this module
 
-    reqs = [encode_pair(tokenizer, c, x, config.bos) for c, x in pairs]
+    needs_bos = context_needs_bos(model)
+    reqs = [encode_pair(tokenizer, c, x, config.bos, needs_bos) for c, x in pairs]
     scores = _dedup_score(model, reqs, config, greedy=True, desc=desc,
                           scorer=score_shared if config.share_context else score)
     ll = np.array([s.total for s in scores], dtype=np.float64)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from negdiff.errors import NegdiffError
 from negdiff.inference import summarize
-from negdiff.scoring import continuation_logliks
+from negdiff.scoring import continuation_logliks, scoring_record
 from negdiff.tasks_core import (
     EvalConfig,
     TaskResult,
@@ -158,7 +158,7 @@ def mc_runner(name: str) -> Callable[..., TaskResult]:
             metrics.update(accuracy_metrics(frame, "correct_norm", "acc_norm", {}, cfg))
         config = {"limit": cfg.limit, "limit_rule": "first", "shots": 0, "format": "lm-evaluation-harness",
                   "acc_norm": "log-likelihood / candidate characters" if "correct_norm" in frame else None,
-                  "scoring": cfg.scoring.to_dict(), "data_files": file_hashes(items)}
+                  "scoring": scoring_record(cfg.scoring, tokenizer, model), "data_files": file_hashes(items)}
         return TaskResult(name, "", metrics, frame, config)
 
     return run
@@ -185,16 +185,16 @@ def run_lambada(model, tokenizer, items: list[dict], cfg: EvalConfig) -> TaskRes
     metrics = accuracy_metrics(frame, "correct", "acc", {}, cfg)
     metrics["ppl"] = summarize(-ll, transform=math.exp, **boot)
     config = {"limit": cfg.limit, "limit_rule": "first", "split": "last space-separated word (harness)",
-              "scoring": cfg.scoring.to_dict(), "data_files": file_hashes(items)}
+              "scoring": scoring_record(cfg.scoring, tokenizer, model), "data_files": file_hashes(items)}
     return TaskResult("lambada_openai", "", metrics, frame, config)
 
 
 MC_TASKS: dict[str, TaskSpec] = {
-    name: TaskSpec(name, "1", "multiple_choice", mc_loader(name), mc_runner(name),
+    name: TaskSpec(name, "2", "multiple_choice", mc_loader(name), mc_runner(name),
                    f"{name}, 0-shot, lm-evaluation-harness prompt", "nongrammatical")
     for name in ("arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "sciq")
 }
-MC_TASKS["lambada_openai"] = TaskSpec("lambada_openai", "1", "last_word", load_lambada, run_lambada,
+MC_TASKS["lambada_openai"] = TaskSpec("lambada_openai", "2", "last_word", load_lambada, run_lambada,
                                       "LAMBADA (OpenAI), last-word accuracy and perplexity", "nongrammatical")
-MC_TASKS["boolq"] = TaskSpec("boolq", "1", "multiple_choice", mc_loader("boolq"), mc_runner("boolq"),
+MC_TASKS["boolq"] = TaskSpec("boolq", "2", "multiple_choice", mc_loader("boolq"), mc_runner("boolq"),
                              "BoolQ, 0-shot, lm-evaluation-harness prompt", "nongrammatical")
