@@ -72,7 +72,8 @@ def test_two_process_gloo_scan_equals_one_process(tiny_model_dir, corpus, tmp_pa
     a = pd.read_parquet(tmp_path / "one" / "neurons.parquet")
     b = pd.read_parquet(tmp_path / "two" / "neurons.parquet")
     assert len(a) == len(b) > 0
-    for col in ("wd", "wd_neg", "wd_pos", "mean", "std", "skew", "kurtosis", "frac_negative", "min", "max", "md"):
+    for col in ("wd", "wd_below_mean", "wd_above_mean", "wd_neg_raw", "wd_pos_raw", "mean", "std", "skew", "kurtosis",
+                "frac_negative", "min", "max", "frac_offgrid", "md"):
         np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-6, err_msg=col)
     assert (a.is_wn == b.is_wn).all()
     ra, rb = (json.loads((tmp_path / d / "scan.json").read_text()) for d in ("one", "two"))

@@ -12,7 +12,7 @@ import torch
 from negdiff import NegdiffError, capture, load_model
 from negdiff.experiments.scan import ScanConfig, Streamer, plan_pairs, run_scan, stream
 from negdiff.mapdiff import md_reference
-from negdiff.stats import exact_wd
+from negdiff.stats import WD_KEYS, exact_wd_split
 
 WINDOW = 32
 
@@ -70,9 +70,17 @@ def test_scan_matches_direct_recomputation(loaded, corpus, tmp_path):
     for layer in pre:
         rows = table[table.layer == layer].sort_values("neuron")
         values = pre[layer].reshape(-1, pre[layer].shape[-1]).numpy()
-        wd, wd_neg, wd_pos = exact_wd(values)
-        np.testing.assert_allclose(rows.wd, wd, rtol=0.01, atol=1e-3)
-        np.testing.assert_allclose(rows.wd_neg + rows.wd_pos, rows.wd, rtol=1e-9)
+        want = exact_wd_split(values)
+        for key in WD_KEYS:  # every split, raw sign and mass-adjusted included (NaN: a side without values)
+            assert np.array_equal(rows[key].isna().to_numpy(), np.isnan(want[key])), key
+            ok = ~np.isnan(want[key])
+            np.testing.assert_allclose(rows[key].to_numpy()[ok], want[key][ok], rtol=0.01, atol=1e-3, err_msg=key)
+        np.testing.assert_allclose(rows.wd_below_mean + rows.wd_above_mean, rows.wd, rtol=1e-12)
+        np.testing.assert_allclose(rows.wd_neg_raw + rows.wd_pos_raw, rows.wd, rtol=1e-9)
+        p = rows.frac_negative.to_numpy()
+        mass = np.nan_to_num(p * rows.wd_neg_raw_q) + np.nan_to_num((1 - p) * rows.wd_pos_raw_q)
+        np.testing.assert_allclose(mass, rows.wd, rtol=1e-9)
+        assert (rows.frac_offgrid >= 0).all()
         np.testing.assert_allclose(rows["mean"], values.mean(0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(rows["std"], values.std(0), rtol=1e-5)
         np.testing.assert_allclose(rows.frac_negative, (values < 0).mean(0))
@@ -94,9 +102,45 @@ def test_scan_matches_direct_recomputation(loaded, corpus, tmp_path):
     assert set(pairs.group) == {"wn", "random"} and (pairs["rank"] <= 3).all()
     top = pairs[(pairs.group == "wn")].iloc[0]
     assert windows[top.window_a, top.pos_a] == top.token_a
-    for name in ("wd_by_layer", "wn_per_layer", "preact_histograms", "wd_neg_vs_wd_pos", "md_vs_wd"):
+    for name in ("wd_by_layer", "wn_per_layer", "preact_histograms", "wd_neg_raw_vs_wd_pos_raw", "md_vs_wd"):
         assert (tmp_path / "scan" / "figures" / f"{name}.png").stat().st_size > 1000
     assert record["summary"]["check"]["baseline"] > 1
+    _check_negative_region(record, table)
+
+
+def _check_negative_region(record, table):
+    """The raw-sign summary: shares recomputed from the table, CIs that bracket them, what was resampled."""
+    neg = record["summary"]["negative_region"]
+    assert neg["n_boot"] == 10_000 and neg["seed"] == 0 and "neurons" in neg["resampled"]
+    raw = table.wd_neg_raw > table.wd_pos_raw
+    groups = {"wn": table.is_wn, "all": np.ones(len(table), bool)}
+    for name, mask in groups.items():
+        for part, pmask in (("overall", True), ("early", table.layer < 1), ("late", table.layer >= 1)):
+            s = neg[name][part]
+            rows = mask & pmask
+            assert s["n"] == rows.sum()
+            assert s["share_neg_raw"] == pytest.approx(raw[rows].mean())
+            lo, hi = s["share_neg_raw_ci"]
+            assert lo <= s["share_neg_raw"] <= hi
+            ratio = (table.wd_neg_raw_q / table.wd_pos_raw_q)[rows].dropna()
+            assert s["median_q_ratio"] == pytest.approx(ratio.median())
+            assert s["median_q_ratio_ci"][0] <= s["median_q_ratio"] <= s["median_q_ratio_ci"][1]
+            below = (table.wd_below_mean > table.wd_above_mean)[rows].mean()
+            assert s["share_below_mean"] == pytest.approx(below)
+    assert neg["random"]["overall"]["n"] == table.is_wn.sum()  # layer-matched: as many as WN
+    assert any("wd_neg_raw > wd_pos_raw" in line for line in record["summary_lines"])
+    assert any("wd_below_mean > wd_above_mean" in line for line in record["summary_lines"])
+    grid = record["summary"]["grid"]
+    assert grid["n_offgrid"] == int((table.frac_offgrid > 1e-3).sum())
+    assert {"n_scale_too_wide", "n_scale_too_narrow"} <= set(grid)
+
+
+def test_removed_criterion_is_a_one_line_error(loaded, corpus, tmp_path):
+    """--criterion wd_neg split W1 at the mean; it parses, then fails before any work with the new names."""
+    with pytest.raises(NegdiffError, match="wd_neg_raw.*wd_below_mean") as err:
+        run_scan(loaded, _cfg(corpus, criterion="wd_neg"), tmp_path / "o")
+    assert "mean" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "o").exists()
     assert not (tmp_path / "scan" / ".scan_state.pt").exists()
 
 
@@ -185,3 +229,15 @@ def test_nearest_neighbour_md_matches_an_independent_recomputation(loaded, corpu
         np.testing.assert_allclose(got, ref, rtol=0.06)  # streamed median from a histogram, ~90 pairs
         assert np.corrcoef(got, ref)[0, 1] > 0.99
         assert len(pairs) > 60
+
+
+def test_grid_health_counts_and_warns():
+    """frac_offgrid > 1e-3, or a first-batch unit > 10x off the final std, is counted and warned in one line."""
+    from negdiff.experiments.scan_stats import grid_health, grid_warning
+
+    table = pd.DataFrame({"std": [1.0, 1.0, 1.0, 2.0], "frac_offgrid": [0.0, 5e-4, 2e-3, 0.0]})
+    health = grid_health(table, np.array([1.0, 11.0, 0.5, 0.1]))
+    assert (health["n_offgrid"], health["n_scale_too_wide"], health["n_scale_too_narrow"]) == (1, 1, 1)
+    line = grid_warning(health)
+    assert "\n" not in line and "1 neurons have frac_offgrid > 0.001" in line and "2 neurons" in line
+    assert grid_warning(grid_health(table.assign(frac_offgrid=0.0), np.ones(4) * 2.0)) is None

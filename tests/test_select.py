@@ -70,3 +70,50 @@ def test_bad_arguments():
         select_wasserstein(table, 1.5)
     with pytest.raises(NegdiffError, match="unknown scope"):
         select_wasserstein(table, 0.1, scope="model")
+
+
+def test_raw_sign_and_below_mean_criteria():
+    """wd_neg_raw ranks by W1 over h < 0, wd_below_mean by W1 below the mean (the old wd_neg values)."""
+    table = _table(n_layers=1, width=200)
+    rng = np.random.default_rng(1)
+    table["wd_neg_raw"], table["wd_below_mean"] = rng.random(200), rng.random(200)
+    for crit in ("wd_neg_raw", "wd_below_mean"):
+        ns = select_wasserstein(table, 0.05, criterion=crit)
+        assert set(ns.indices(0).tolist()) == set(table.nlargest(10, crit).neuron) and ns.rule["criterion"] == crit
+
+
+def test_removed_wd_neg_criterion_explains_itself():
+    table = _table(n_layers=1, width=10).assign(wd_neg=1.0)
+    for call in (lambda: select_wasserstein(table, 0.1, criterion="wd_neg"),
+                 lambda: select_lowest(table, 0.1, criterion="wd_neg")):
+        with pytest.raises(NegdiffError, match=r"'wd_neg' was removed: it split W1 at the neuron's mean") as err:
+            call()
+        assert "wd_neg_raw" in str(err.value) and "wd_below_mean" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_criterion_options_accept_the_removed_name_so_the_error_explains_it():
+    """argparse must not reject 'wd_neg' with a bare 'invalid choice': scan, ablate and dynamics parse it and
+    the NegdiffError (exit 2, one line) says what replaced it."""
+    from negdiff.cli import build_parser
+    from negdiff.select import CRITERIA
+
+    parser = build_parser()
+    for argv in (["scan", "m", "--out", "o"], ["ablate", "m", "--scan", "s", "--out", "o"],
+                 ["dynamics", "--checkpoints", "c", "--out", "o"]):
+        for crit in (*CRITERIA, "wd_neg"):
+            assert parser.parse_args([*argv, "--criterion", crit]).criterion == crit
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--criterion", "wd_pos"])
+
+
+def test_scan_cli_wd_neg_is_one_line_exit_2(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NEGDIFF_PROGRESS="0")
+    out = subprocess.run([sys.executable, "-m", "negdiff", "scan", str(tiny_model_dir), "--out", str(tmp_path / "o"),
+                          "--criterion", "wd_neg"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("negdiff: error")]
+    assert len(lines) == 1 and "wd_neg_raw" in lines[0] and "wd_below_mean" in lines[0]

@@ -11,7 +11,7 @@ import scipy.stats as ss
 import torch
 
 from negdiff.errors import NegdiffError
-from negdiff.stats import NeuronStats, exact_wd, sampled_wd
+from negdiff.stats import WD_KEYS, NeuronStats, exact_wd, exact_wd_split, sampled_wd
 
 
 # ---------------------------------------------------------------- known distributions (cdf + sampler)
@@ -121,6 +121,167 @@ def test_gaussian_wd_shrinks_with_n():
     assert large < 0.01
 
 
+# ---------------------------------------------------------------- raw-sign split and mass-adjusted pieces
+def _quantile_sample(dist, n=20000):
+    """x_i = F^-1((i - 1/2) / n): deterministic, its empirical CDF within 1/(2n) of F."""
+    return dist.ppf((np.arange(n) + 0.5) / n)
+
+
+SPLIT_CASES = {
+    # 98% N(3, 1) and a rare raw-negative tail (2% near -5): z0 = -1.90, far below the mean.
+    "rare_negative_tail": Mixture([0.98, 0.02], [3, -5], [1, 0.3]),
+    # 1 - Gamma(2): left-skewed, 74% negative, mean -1, z0 = +0.71.
+    "left_skewed": ss.gamma(2.0, loc=-1.0),  # negated below
+    # exactly symmetric about 0 (y and -y): mean 0, z0 = 0
+    "symmetric": ss.laplace(),
+    # all values negative (-Exp(1)): z0 = 1 just above the max (0)
+    "all_negative": ss.expon(),
+}
+
+
+def _split_case(name: str) -> np.ndarray:
+    x = _quantile_sample(SPLIT_CASES[name])
+    if name == "left_skewed":
+        return -x
+    if name == "symmetric":
+        half = x[: len(x) // 2] + 1e-3 * np.sin(np.arange(len(x) // 2))
+        return np.concatenate([half, -half])
+    if name == "all_negative":
+        return -x
+    return x
+
+
+# Exact float64 values (exact_wd_split; z-domain and quantile-domain closed forms, n = 20000), with the
+# qualitative reading each case pins down.
+SPLIT_EXPECTED = {
+    "rare_negative_tail": dict(wd=0.29130, wd_below_mean=0.19482, wd_above_mean=0.09648, wd_neg_raw=0.05705,
+                               wd_pos_raw=0.23425, frac_negative=0.02130, wd_neg_raw_q=2.6570, wd_pos_raw_q=0.23982),
+    "left_skewed": dict(wd=0.22613, wd_below_mean=0.10376, wd_above_mean=0.12237, wd_neg_raw=0.15550,
+                        wd_pos_raw=0.07063, frac_negative=0.73575, wd_neg_raw_q=0.21006, wd_pos_raw_q=0.27089),
+}
+
+
+def test_split_quantile_domain_matches_z_domain_and_quad():
+    """The two float64 references are independent (z domain between sorted points; quantile domain per cell):
+    their totals agree to rounding, and every piece matches scipy quad of the defining integral for the
+    continuous distribution (within the 1/(2n) of a quantile sample)."""
+    x = _split_case("rare_negative_tail")
+    d = exact_wd_split(x)
+    assert d["wd_q"] == pytest.approx(d["wd"], rel=1e-10)
+    dist, mean, std = SPLIT_CASES["rare_negative_tail"], x.mean(), x.std()
+    z0, p = -mean / std, d["frac_negative"]
+    F = lambda z: dist.cdf(mean + std * z)  # noqa: E731
+    pts = [-40, -8, -5, z0, 0.0, ss.norm.ppf(p), 5, 40]
+
+    def quad(f, lo, hi):
+        inner = sorted({lo, hi, *[t for t in pts if lo < t < hi]})
+        return sum(si.quad(f, a, b, limit=400, epsabs=1e-12)[0] for a, b in zip(inner[:-1], inner[1:]))
+
+    gap = lambda z: abs(F(z) - ss.norm.cdf(z))  # noqa: E731
+    assert d["wd_neg_raw"] == pytest.approx(quad(gap, -40, z0), abs=2e-4)
+    assert d["wd_pos_raw"] == pytest.approx(quad(gap, z0, 40), abs=2e-4)
+    below_p = quad(lambda z: abs(min(F(z), p) - min(ss.norm.cdf(z), p)), -40, 40)
+    above_p = quad(lambda z: abs(max(F(z), p) - max(ss.norm.cdf(z), p)), -40, 40)
+    assert d["wd_neg_raw_q"] == pytest.approx(below_p / p, rel=2e-3)
+    assert d["wd_pos_raw_q"] == pytest.approx(above_p / (1 - p), rel=2e-3)
+
+
+def _stream(x: np.ndarray, batch: int = 4096) -> dict[str, np.ndarray]:
+    t = torch.tensor(np.asarray(x).reshape(len(x), -1), dtype=torch.float32)
+    acc = NeuronStats(t.shape[1])
+    for lo in range(0, len(t), batch):
+        acc.add(t[lo:lo + batch])
+    return acc.result()
+
+
+def _check_streamed(x: np.ndarray) -> tuple[dict, dict]:
+    """NeuronStats vs the float64 reference on the same float32 values (1% rule), plus both identities."""
+    got = {k: v[0] for k, v in _stream(x).items()}
+    want = exact_wd_split(np.float32(x).astype(np.float64))
+    for key in WD_KEYS:
+        if np.isnan(want[key]):
+            assert np.isnan(got[key]), key
+        else:
+            assert _accurate(got[key], want[key]), (key, got[key], want[key])
+    assert got["wd_neg_raw"] + got["wd_pos_raw"] == pytest.approx(got["wd"], rel=1e-12)
+    p = got["frac_negative"]
+    mass = np.nansum([p * got["wd_neg_raw_q"], (1 - p) * got["wd_pos_raw_q"]])
+    assert mass == pytest.approx(got["wd"], rel=1e-12)
+    for ref in (want, got):  # the same identities in the reference
+        assert ref["wd_neg_raw"] + ref["wd_pos_raw"] == pytest.approx(ref["wd"], rel=1e-12)
+    return got, want
+
+
+def test_rare_negative_tail_raw_split_disagrees_with_mean_split():
+    """(a) 2% of mass near -5 under a N(3, 1) bulk. The mean split puts two thirds of W1 below the mean
+    (0.195 of 0.291), but that region z < 0 holds half the bulk. The raw split at z0 = -1.90 puts only 20%
+    of W1 in h < 0 (0.057), since the region is small; per unit of mass, though, the raw-negative values are
+    11x further from N(0, 1) than the rest (2.66 vs 0.24). Splitting at 0 instead of z0, or forgetting the
+    mass division, fails here."""
+    x = _split_case("rare_negative_tail")
+    got, want = _check_streamed(x)
+    for key, val in SPLIT_EXPECTED["rare_negative_tail"].items():
+        assert want[key] == pytest.approx(val, rel=2e-4, abs=1e-5), key
+    for d in (got, want):
+        assert d["wd_below_mean"] > 0.6 * d["wd"]  # the mean split: "mostly below the mean"
+        assert d["wd_neg_raw"] < 0.25 * d["wd"]  # the raw split: most of W1 lies in h > 0
+        assert d["wd_neg_raw"] < 0.35 * d["wd_below_mean"]  # a split at z = 0 would be far off
+        assert d["wd_neg_raw_q"] > 10 * d["wd_pos_raw_q"]  # per unit of mass: the negative tail dominates
+        p = d["frac_negative"]
+        assert d["wd_neg_raw_q"] > 40 * d["wd_neg_raw"]  # divided by the 2% mass: ~ wd_neg_raw / p
+        assert p * d["wd_neg_raw_q"] + (1 - p) * d["wd_pos_raw_q"] == pytest.approx(d["wd"], rel=1e-9)
+
+
+def test_left_skewed_neuron_three_splits_three_answers():
+    """(b) 1 - Gamma(2), 74% negative: more W1 lies ABOVE the mean (0.122 vs 0.104, the paper's correction
+    note), yet the raw negative region holds 69% of W1 (0.156 vs 0.071) because it is most of the mass; per
+    unit of mass the non-negative values are the further ones (0.271 vs 0.210)."""
+    got, want = _check_streamed(_split_case("left_skewed"))
+    for key, val in SPLIT_EXPECTED["left_skewed"].items():
+        assert want[key] == pytest.approx(val, rel=2e-4, abs=1e-5), key
+    for d in (got, want):
+        assert d["wd_above_mean"] > d["wd_below_mean"]
+        assert d["wd_neg_raw"] > 2 * d["wd_pos_raw"]
+        assert d["wd_pos_raw_q"] > 1.2 * d["wd_neg_raw_q"]
+
+
+def test_symmetric_neuron_raw_split_equals_mean_split():
+    """(c) exactly symmetric values (mean 0, so z0 = 0): the raw split is the mean split and the two halves
+    are equal, per unit of mass too (p = 1/2)."""
+    got, want = _check_streamed(_split_case("symmetric"))
+    assert want["frac_negative"] == 0.5
+    assert want["wd_neg_raw"] == pytest.approx(want["wd_below_mean"], rel=1e-9)
+    assert want["wd_neg_raw"] == pytest.approx(want["wd_pos_raw"], rel=1e-9)
+    assert want["wd_neg_raw_q"] == pytest.approx(want["wd"], rel=1e-9)
+    assert got["wd_neg_raw"] == pytest.approx(got["wd_below_mean"], rel=1e-5)
+    assert got["wd_neg_raw_q"] == pytest.approx(got["wd_pos_raw_q"], rel=2e-3)
+    # a standardized Laplace: quad of |F - Phi| gives 0.14541; the quantile sample is within 1/(2n)
+    assert want["wd"] == pytest.approx(_quad_wd(ss.laplace().cdf, 0.0, math.sqrt(2.0))[0], abs=2e-4)
+
+
+@pytest.mark.parametrize("shift", [0.0, 9.0])
+def test_all_negative_neuron(shift):
+    """(d) all values negative (-Exp(1) - shift): p = 1, so wd_neg_raw_q = wd and wd_pos_raw_q is NaN. The
+    raw positive side is NOT zero: it is the normal's own tail beyond z0, int_z0^inf (1 - Phi) =
+    phi(z0) - z0 Phi(-z0) (0.0833 at z0 = 1), negligible only once z0 is far out (z0 = 10 here)."""
+    x = _split_case("all_negative") - shift
+    got, want = _check_streamed(x)
+    z0 = -x.mean() / x.std()
+    tail = ss.norm.pdf(z0) - z0 * ss.norm.sf(z0)
+    for d in (got, want):
+        assert d["frac_negative"] == 1.0 and np.isnan(d["wd_pos_raw_q"])
+        assert d["wd_neg_raw_q"] == pytest.approx(d["wd"], rel=1e-12)
+        assert d["wd_pos_raw"] == pytest.approx(tail, rel=1e-6, abs=1e-15)
+        assert d["wd_neg_raw"] == pytest.approx(d["wd"] - tail, rel=1e-6)
+    if shift == 0.0:
+        assert want["wd_pos_raw"] == pytest.approx(0.0833, abs=1e-4)  # z0 = 1 up to the sample's moments
+    else:
+        assert want["wd_pos_raw"] < 1e-20
+    pos = _stream(-x)  # the mirror image: all positive, p = 0
+    assert pos["frac_negative"][0] == 0 and np.isnan(pos["wd_neg_raw_q"][0])
+    assert pos["wd_pos_raw_q"][0] == pytest.approx(pos["wd"][0], rel=1e-12)
+
+
 # ---------------------------------------------------------------- NeuronStats against exact_wd (the 1% rule)
 def _synthetic(n, rng):
     cols = {k: d.rvs(size=n, random_state=rng) for k, d in DISTS.items()}
@@ -142,12 +303,19 @@ def test_neuronstats_within_one_percent_of_exact():
     got = acc.result()
     want = exact_wd(x.double().numpy())
     assert (got["wd"] >= 0.05).sum() >= 8  # most columns exercise the relative branch
-    for key, ref in zip(("wd", "wd_neg", "wd_pos"), want, strict=True):
+    for key, ref in zip(("wd", "wd_below_mean", "wd_above_mean"), want, strict=True):
         assert _accurate(got[key], ref).all(), (key, got[key], ref)
     # In practice far better than the rule: 0.1% (see the report); keep a margin that still detects regressions.
     big = want[0] >= 0.05
     assert np.max(np.abs(got["wd"][big] / want[0][big] - 1)) < 2e-3
-    assert np.array_equal(got["wd"], got["wd_neg"] + got["wd_pos"])
+    assert np.array_equal(got["wd"], got["wd_below_mean"] + got["wd_above_mean"])
+    # every split, raw sign and mass-adjusted included, meets the same rule (NaN exactly where the exact is NaN)
+    split = exact_wd_split(x.double().numpy())
+    for key in WD_KEYS:
+        assert np.array_equal(np.isnan(got[key]), np.isnan(split[key])), key
+        ok = ~np.isnan(split[key])
+        assert _accurate(got[key][ok], split[key][ok]).all(), (key, got[key], split[key])
+    np.testing.assert_allclose(got["wd_neg_raw"] + got["wd_pos_raw"], got["wd"], rtol=1e-12, atol=1e-15)
 
 
 def test_unrepresentative_first_batch():
@@ -401,7 +569,7 @@ def test_embedded_model_preactivations_meet_the_rule(monkeypatch):
         x = torch.cat(raw[layer]).double().numpy()
         want = exact_wd(x)
         got = accs[layer].result()
-        for key, ref in zip(("wd", "wd_neg", "wd_pos"), want, strict=True):
+        for key, ref in zip(("wd", "wd_below_mean", "wd_above_mean"), want, strict=True):
             assert _accurate(got[key], ref).all(), (layer, key)
         np.testing.assert_allclose(got["kurtosis"], ss.kurtosis(x, bias=True), rtol=1e-4, atol=1e-4)
     assert accs[29].result()["kurtosis"].max() > 100  # the heavy tails the scheme exists for are present

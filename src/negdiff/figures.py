@@ -70,15 +70,17 @@ def histograms(samples: dict[str, np.ndarray], path: Path) -> Path:
 
 
 def wd_sides(table: pd.DataFrame, path: Path) -> Path:
-    """wd_neg against wd_pos: where each neuron's non-Gaussian mass sits (WN highlighted)."""
+    """wd_neg_raw against wd_pos_raw: how much of each neuron's W1 lies in the raw negative region h < 0
+    (z < z0 = -mean/std) versus h > 0, WN highlighted. Not the split at the mean (wd_below_mean)."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     rest = table[~table.is_wn]
-    ax.scatter(rest.wd_pos, rest.wd_neg, s=2, alpha=0.3, color="tab:gray", label="all neurons")
+    ax.scatter(rest.wd_pos_raw, rest.wd_neg_raw, s=2, alpha=0.3, color="tab:gray", label="all neurons")
     wn = table[table.is_wn]
-    ax.scatter(wn.wd_pos, wn.wd_neg, s=8, color="tab:red", label="WN")
-    hi = float(max(table.wd_pos.max(), table.wd_neg.max()))
+    ax.scatter(wn.wd_pos_raw, wn.wd_neg_raw, s=8, color="tab:red", label="WN")
+    hi = float(max(table.wd_pos_raw.max(), table.wd_neg_raw.max()))
     ax.plot([0, hi], [0, hi], "k--", lw=0.7)
-    ax.set(xlabel="wd_pos (z > 0)", ylabel="wd_neg (z < 0)", title="negative vs positive side of WD")
+    ax.set(xlabel="wd_pos_raw (W1 over h > 0)", ylabel="wd_neg_raw (W1 over h < 0)",
+           title="W1 in the raw negative vs positive region")
     ax.legend(fontsize=8)
     return save(fig, path)
 
@@ -102,7 +104,7 @@ def scan_figures(table: pd.DataFrame, samples: dict[str, np.ndarray], out: str |
         wd_by_layer(table, fig_dir / "wd_by_layer.png"),
         wn_per_layer(table, fig_dir / "wn_per_layer.png"),
         histograms(samples, fig_dir / "preact_histograms.png"),
-        wd_sides(table, fig_dir / "wd_neg_vs_wd_pos.png"),
+        wd_sides(table, fig_dir / "wd_neg_raw_vs_wd_pos_raw.png"),
         md_vs_wd(table, fig_dir / "md_vs_wd.png"),
     ]
 
@@ -125,8 +127,8 @@ def delta_bars(record: dict, path: Path) -> Path:
         scale = 1 if m == "perplexity" else 100
         x = np.arange(len(conds))
         vals = np.array([scale * c["diff"] if c else np.nan for c in cells])
-        err = np.array([[scale * (c["diff"] - c["ci_low"]), scale * (c["ci_high"] - c["diff"])] if c else [0, 0]
-                        for c in cells]).T
+        err = np.array([[scale * (c["diff"] - c["ci_low"]), scale * (c["ci_high"] - c["diff"])]
+                        if c and "ci_low" in c else [0, 0] for c in cells]).T  # no bar: n too small for a CI
         ax.bar(x, vals, yerr=err, capsize=3, color=["tab:red" if g.startswith("wn_neg") else "tab:gray" for g in conds])
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(x, conds, rotation=60, ha="right", fontsize=7)

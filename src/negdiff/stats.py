@@ -8,7 +8,22 @@ whose bins are uniform near a provisional centre ``c`` and log-spaced in the tai
 Wasserstein neurons need: kurtosis in the hundreds and values tens of std out must be resolved without
 giving up resolution where most of the mass sits. At :meth:`NeuronStats.result` the bin edges are
 mapped to z with the *final* mean and population std, and |F(z) - Phi(z)| is integrated in closed form
-per bin (F linear inside a bin, exact roots where F - Phi changes sign), split at z = 0.
+per bin (F linear inside a bin, exact roots where F - Phi changes sign).
+
+Splits of wd (see :meth:`NeuronStats.result`). The paper's negative region is the raw pre-activation h < 0,
+whose standardized image is z < z0 = -mean/std, not z < 0:
+
+* ``wd_neg_raw`` / ``wd_pos_raw``: the integral over z < z0 / z > z0 (they sum to wd). Each includes the
+  normal's own part on that side: an all-negative neuron has wd_pos_raw = int_z0^inf (1 - Phi), not 0.
+* ``wd_neg_raw_q`` / ``wd_pos_raw_q`` (mass-adjusted): in the quantile form wd = int_0^1 |Q(u) - Phi^-1(u)| du,
+  split at p = ``frac_negative`` (the raw-negative mass) and divided by each side's mass: (1/p) int_0^p and
+  (1/(1-p)) int_p^1, the mean transport distance per unit of raw-negative / non-negative mass, so
+  p wd_neg_raw_q + (1 - p) wd_pos_raw_q = wd. Why: z0, and with it the raw split, moves with the share of
+  negative values; per unit of mass, neurons with different negative shares compare. A side without mass is
+  NaN (wd_neg_raw_q at p = 0, wd_pos_raw_q at p = 1; the other side is then wd). Computed as the area
+  between F and Phi below the level u = p, int |min(F, p) - min(Phi, p)| dz, closed form per piece.
+* ``wd_below_mean`` / ``wd_above_mean``: the split at z = 0, the neuron's mean (called wd_neg / wd_pos
+  before 2026-12; it is not the raw-negative region and is not monotone in the negative mass).
 
 Bin layout. With t = (x - c) / (s * center_width), where c is a neuron's first-batch mean and s its
 first-batch min(std, IQR/1.349) (robust, so outliers do not blur the bulk), the float32 bit pattern of
@@ -37,11 +52,13 @@ import numpy as np
 import torch
 
 from negdiff.errors import NegdiffError
-from negdiff.w1 import _integrate_abs, exact_wd, sampled_wd  # noqa: F401  (reference estimators re-exported)
+from negdiff.w1 import exact_wd, exact_wd_split, sampled_wd, split_integrals  # noqa: F401  (references re-exported)
 
 FORMAT = "negdiff.neuronstats/1"
 _ONE_BITS = 0x3F800000  # float32 bit pattern of 1.0
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+#: The W1 keys of :meth:`NeuronStats.result` (module docstring: what each split means).
+WD_KEYS = ("wd", "wd_below_mean", "wd_above_mean", "wd_neg_raw", "wd_pos_raw", "wd_neg_raw_q", "wd_pos_raw_q")
 _STATE_TENSORS = ("counts", "mean", "m2", "m3", "m4", "min", "max", "neg", "center", "scale",
                   "under_sum", "over_sum")
 
@@ -250,16 +267,16 @@ class NeuronStats:
     # ------------------------------------------------------------------ results
     @torch.no_grad()
     def result(self, chunk_elements: int = 2**20) -> dict[str, np.ndarray]:
-        """Per-neuron float64 arrays: count, mean, std (population), min, max, skew, kurtosis (EXCESS,
-        i.e. 0 for a normal; both biased/population as scipy.stats with bias=True), frac_negative, wd,
-        wd_neg, wd_pos (W1 to N(0,1) of the standardized distribution; wd = wd_neg + wd_pos exactly), and
-        frac_offgrid: the share of values beyond the grid, whose CDF is known only through their count and
-        sum (a few 1e-3 is harmless; a large share means the first batch fixed the bins badly: use more
-        octaves or a representative first batch). NaN for spread-based statistics of a constant neuron."""
+        """Per-neuron float64 arrays: count, mean, std (population), min, max, skew, kurtosis (EXCESS; both
+        as scipy.stats with bias=True), frac_negative (share of h < 0, exact), wd (W1 to N(0,1) of the
+        standardized values) and its splits WD_KEYS (module docstring; wd = wd_below_mean + wd_above_mean
+        exactly, = wd_neg_raw + wd_pos_raw to rounding), frac_offgrid: the share of values beyond the grid,
+        known only by count and sum (a few 1e-3 is harmless; more means the first batch fixed the bins
+        badly). NaN for spread-based statistics of a constant neuron."""
         d, nan = self.width, np.full(self.width, np.nan)
         if self.n == 0:
             return {"count": np.zeros(d), **{k: nan.copy() for k in ("mean", "std", "min", "max", "skew",
-                    "kurtosis", "frac_negative", "wd", "wd_neg", "wd_pos", "frac_offgrid")}}
+                    "kurtosis", "frac_negative", *WD_KEYS, "frac_offgrid")}}
         st, n = self._state, self.n
         var = st["m2"] / n
         std = var.sqrt()
@@ -267,21 +284,32 @@ class NeuronStats:
         safe_var = torch.where(ok, var, 1.0)
         skew = torch.where(ok, st["m3"] / n / safe_var**1.5, math.nan)
         kurt = torch.where(ok, st["m4"] / n / safe_var**2 - 3.0, math.nan)
-        wd_neg, wd_pos = [], []
+        parts: dict[str, list[torch.Tensor]] = {}
         step = max(1, chunk_elements // self.n_bins)
         for lo in range(0, d, step):
             sl = slice(lo, min(d, lo + step))
-            neg, pos = self._wd_chunk(sl, torch.where(ok[sl], std[sl], 1.0))
-            wd_neg.append(neg)
-            wd_pos.append(pos)
-        wn, wp = torch.cat(wd_neg).masked_fill(~ok, math.nan), torch.cat(wd_pos).masked_fill(~ok, math.nan)
+            for key, val in self._wd_chunk(sl, torch.where(ok[sl], std[sl], 1.0)).items():
+                parts.setdefault(key, []).append(val)
+        w = {k: torch.cat(v).masked_fill(~ok, math.nan) for k, v in parts.items()}
+        p = st["neg"].double() / n
+        has_neg, has_pos = p > 0, p < 1  # a side without mass has no per-mass distance
         out = {"count": torch.full((d,), float(n), dtype=torch.float64), "mean": st["mean"], "std": std,
-               "min": st["min"], "max": st["max"], "skew": skew, "kurtosis": kurt,
-               "frac_negative": st["neg"].double() / n, "wd": wn + wp, "wd_neg": wn, "wd_pos": wp,
+               "min": st["min"], "max": st["max"], "skew": skew, "kurtosis": kurt, "frac_negative": p,
+               "wd": w["below_mean"] + w["above_mean"], "wd_below_mean": w["below_mean"],
+               "wd_above_mean": w["above_mean"], "wd_neg_raw": w["neg_raw"], "wd_pos_raw": w["pos_raw"],
+               "wd_neg_raw_q": torch.where(has_neg, w["area_neg"] / torch.where(has_neg, p, 1.0), math.nan),
+               "wd_pos_raw_q": torch.where(has_pos, w["area_pos"] / torch.where(has_pos, 1.0 - p, 1.0), math.nan),
                "frac_offgrid": (st["counts"][:, 0] + st["counts"][:, -1]).double() / n}
         return {k: v.detach().to("cpu", torch.float64).numpy() for k, v in out.items()}
 
-    def _wd_chunk(self, sl: slice, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def calibration(self) -> dict[str, np.ndarray]:
+        """Each neuron's bin centre and unit as fixed by the first batch (to check them against the final
+        mean/std: a unit far from the std means the grid resolves the bulk badly)."""
+        if self._state is None:
+            return {"center": np.full(self.width, np.nan), "scale": np.full(self.width, np.nan)}
+        return {k: self._state[k].detach().to("cpu", torch.float64).numpy() for k in ("center", "scale")}
+
+    def _wd_chunk(self, sl: slice, std: torch.Tensor) -> dict[str, torch.Tensor]:
         """W1 pieces for neurons ``sl``: build the intervals of the piecewise-linear CDF and integrate."""
         st, n, dev, f64 = self._state, self.n, self.device, torch.float64
         mean = st["mean"][sl, None]
@@ -302,7 +330,9 @@ class NeuronStats:
         mu_u = torch.where(n_under > 0, to_z(st["under_sum"][sl, None] / n_under.clamp(min=1)), e[:, :1])
         mu_o = torch.where(n_over > 0, to_z(st["over_sum"][sl, None] / n_over.clamp(min=1)), e[:, -1:])
         mu_u, mu_o = mu_u.clamp(zmin, zmax), mu_o.clamp(zmin, zmax)
-        far_lo, far_hi = torch.minimum(zmin, torch.zeros_like(zmin)) - 40.0, torch.maximum(zmax, torch.zeros_like(zmax)) + 40.0
+        z0 = to_z(torch.zeros_like(mean))
+        far_lo = torch.minimum(torch.minimum(zmin, torch.zeros_like(zmin)), z0) - 40.0
+        far_hi = torch.maximum(torch.maximum(zmax, torch.zeros_like(zmax)), z0) + 40.0
         a = torch.cat([far_lo, mu_u, e, mu_o], 1)
         b = torch.cat([mu_u, e, mu_o, far_hi], 1)
         # Intervals and the count <= each end: [-far, mu_u] F=0; [mu_u, e_0] F=under (all underflow mass at its
@@ -311,7 +341,7 @@ class NeuronStats:
         zero, full, last = torch.zeros_like(n_under), torch.full_like(n_under, n), cum[:, -2:-1]
         left = torch.cat([zero, n_under, cum[:, :-2], last, full], 1)
         right = torch.cat([zero, n_under, cum[:, 1:-1], last, full], 1)
-        return _integrate_abs(a, b, left.to(f64), right.to(f64), float(n))
+        return split_integrals(a, b, left.to(f64), right.to(f64), float(n), z0, st["neg"][sl, None].to(f64))
 
 
 def _colsum64(t: torch.Tensor, block: int = 64) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 from negdiff import distributed
 from negdiff.data import corpus_documents, token_windows
 from negdiff.errors import NegdiffError
+from negdiff.experiments.scan_stats import grid_health, grid_warning, negative_region, negative_region_lines
 from negdiff.experiments.scan_stream import Streamer, merge_ranks, nearest_md, plan_pairs, stream
 from negdiff.figures import scan_figures
 from negdiff.hooks import capture, intervene
@@ -37,12 +38,13 @@ from negdiff.results import (
     write_parquet,
 )
 from negdiff.scoring import window_nlls
-from negdiff.select import random_like, select_wasserstein
+from negdiff.select import CLI_CRITERIA, check_criterion, random_like, select_wasserstein
 
 __all__ = ["ScanConfig", "Streamer", "neuron_table", "pairs_table", "plan_pairs", "run_scan", "stream"]
 
 STATE_FILE = ".scan_state.pt"
-STATS_COLUMNS = ("wd", "wd_neg", "wd_pos", "mean", "std", "skew", "kurtosis", "frac_negative", "min", "max")
+STATS_COLUMNS = ("wd", "wd_below_mean", "wd_above_mean", "wd_neg_raw", "wd_pos_raw", "wd_neg_raw_q", "wd_pos_raw_q",
+                 "mean", "std", "skew", "kurtosis", "frac_negative", "min", "max", "frac_offgrid")
 
 
 @dataclass
@@ -79,7 +81,8 @@ def default_window(loaded: LoadedModel, window: int | None) -> int:
 
 
 def neuron_table(streamer: Streamer) -> pd.DataFrame:
-    """One row per neuron: moments, WD (total, negative side, positive side), MD, rank in its layer."""
+    """One row per neuron: moments, WD and its splits (raw sign, mass-adjusted, at the mean; see
+    negdiff.stats), frac_offgrid, MD, rank in its layer."""
     frames = []
     for site, st, acc in zip(streamer.sites, streamer.stats, streamer.md):
         r, m = st.result(), acc.result()
@@ -186,7 +189,7 @@ def summarize(table: pd.DataFrame, record: dict[str, Any]) -> list[str]:
         f" in {record['timing']['scan_s']:.0f} s ({record['timing']['tokens_per_s']:.0f} tok/s)",
         f"Wasserstein neurons {s['n_wn']} ({record['config']['scope']}, top {100 * record['config']['fraction']:g}%)"
         f"; global-scope set overlaps {s['overlap_global']} of them",
-        f"wd_neg > wd_pos     {100 * s['share_neg_wn']:.1f}% of WN vs {100 * s['share_neg_all']:.1f}% of all neurons",
+        *negative_region_lines(s["negative_region"]),
         f"median WD           WN {s['median_wd_wn']:.3f} vs all {s['median_wd_all']:.3f}; median MD WN "
         f"{s['median_md_wn']:.2f} vs all {s['median_md_all']:.2f}",
     ]
@@ -206,6 +209,7 @@ def run_scan(loaded: LoadedModel, cfg: ScanConfig, out: str | Path, force: bool 
     unless ``force``; an interrupted one resumes from its last checkpoint.
     """
     out = Path(out)
+    check_criterion(cfg.criterion)
     window = default_window(loaded, cfg.window)
     docs, corpus_file = corpus_documents(cfg.corpus)
     windows = token_windows(loaded.tokenizer, docs, window, cfg.tokens)
@@ -272,11 +276,17 @@ def _finish(loaded: LoadedModel, cfg: ScanConfig, out: Path, record: dict, strea
     widths = {s.layer: s.width for s in loaded.sites}
     rand = random_like(wn, widths, seed=cfg.seed)
     pairs = pairs_table(streamer, loaded.tokenizer, windows, {"wn": wn, "random": rand})
-    wn_rows, neg = table[table.is_wn], table.wd_neg > table.wd_pos
+    wn_rows = table[table.is_wn]
+    scales = np.concatenate([st.calibration()["scale"] for st in streamer.stats])
+    health = grid_health(table, scales)
+    if (warning := grid_warning(health)) is not None:
+        status(warning)
+    groups = {"wn": table.is_wn.to_numpy(), "all": np.ones(len(table), bool), "random": _members(table, rand)}
     record["summary"] = {
         "n_wn": wn.size, "n_wn_global": wn_global.size, "overlap_global": wn.difference(wn.difference(wn_global)).size,
         "wn_per_layer": wn.counts(), "wn_global_per_layer": wn_global.counts(),
-        "share_neg_wn": float(neg[table.is_wn].mean()), "share_neg_all": float(neg.mean()),
+        "negative_region": negative_region(table, groups, len(loaded.sites), cfg.seed),
+        "grid": health,
         "median_wd_wn": float(wn_rows.wd.median()), "median_wd_all": float(table.wd.median()),
         "median_md_wn": float(wn_rows.md.median()), "median_md_all": float(table.md.median()),
         "md_pairs_per_layer": int(streamer.md[0].n_pairs), "md_pairs_skipped": int(streamer.md[0].n_skipped),
@@ -340,7 +350,7 @@ def register(sub) -> None:
     p.add_argument("--top-pairs", type=int, default=d.top_pairs, help="top-ratio pairs kept per neuron")
     p.add_argument("--fraction", type=float, default=d.fraction, help="WN fraction (default 0.01)")
     p.add_argument("--scope", choices=("per_layer", "global"), default=d.scope)
-    p.add_argument("--criterion", choices=("wd", "wd_neg", "md", "kurtosis"), default=d.criterion)
+    p.add_argument("--criterion", choices=CLI_CRITERIA, default=d.criterion)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--check-windows", type=int, default=d.check_windows,
                    help="held-out windows for the closing perplexity read-out (0 to skip)")
