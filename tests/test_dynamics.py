@@ -20,10 +20,11 @@ from negdiff.experiments import dynamics
 from negdiff.experiments.dynamics_figures import positions
 from negdiff.experiments.dynamics_spec import Checkpoint, parse_spec
 from negdiff.experiments.dynamics_stats import (
+    DESCRIPTIVE,
     change_summary,
     cos_dissimilarity,
     jaccard,
-    spearman_boot,
+    spearman_descriptive,
     wd_summary,
 )
 from negdiff.experiments.train_mini import TrainConfig, train
@@ -118,14 +119,16 @@ def test_wd_and_change_summaries():
     assert c["wchange_all_mean"] == pytest.approx(0.35)
 
 
-def test_spearman_bootstrap():
+def test_spearman_is_descriptive():
+    """Checkpoints are a time series: rho only, labelled descriptive, with no CI or p-value posing as inference."""
     x, y = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.5, 0.4, 0.7, 0.9, 0.8, 1.0]
-    r = spearman_boot(x, y, n_boot=500, seed=0)
+    r = spearman_descriptive(x, y)
     assert r["rho"] == pytest.approx(sstats.spearmanr(x, y).statistic) and r["n"] == 6
-    assert r["ci_low"] <= r["rho"] <= r["ci_high"] and r["n_boot_used"] > 400
-    assert spearman_boot(x, x, n_boot=200)["ci_low"] == pytest.approx(1.0)
-    assert np.isnan(spearman_boot([1.0, 2.0], [3.0, 4.0])["rho"])
-    assert spearman_boot([1.0, 2.0, np.nan, 4.0], [1.0, 3.0, 2.0, 5.0], n_boot=50)["n"] == 3
+    assert r["kind"] == "descriptive" and r["note"] == DESCRIPTIVE and "time series" in r["note"]
+    assert not {"ci_low", "ci_high", "p_value", "n_boot"} & set(r)
+    assert spearman_descriptive(x, x)["rho"] == pytest.approx(1.0)
+    assert np.isnan(spearman_descriptive([1.0, 2.0], [3.0, 4.0])["rho"])
+    assert spearman_descriptive([1.0, 2.0, np.nan, 4.0], [1.0, 3.0, 2.0, 5.0])["n"] == 3
 
 
 def test_step_positions():
@@ -177,8 +180,8 @@ def mini(tmp_path_factory):
     return out
 
 
-ARGS = ["--tokens", "2048", "--blimp-limit", "1", "--tse-limit", "2", "--ppl-tokens", "512", "--seeds", "1",
-        "--n-boot", "200", "--threads", "1"]
+ARGS = ["--tokens", "2048", "--blimp-limit", "1", "--tse-limit", "2", "--ppl-tokens", "640", "--ppl-window", "64",
+        "--seeds", "1", "--n-boot", "1000", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +225,21 @@ def test_dynamics_table_and_figures(dyn, mini):
     c = rec["correlations"]["wd_cohort_median_vs_tse"]
     if not np.isnan(c["rho"]):
         assert c["rho"] == pytest.approx(sstats.spearmanr(table.wd_cohort_q50, table.tse_baseline).statistic)
+    assert c["kind"] == "descriptive" and "ci_low" not in c and rec["correlations_note"] == DESCRIPTIVE
+    assert any(line.startswith("Spearman") and DESCRIPTIVE in line for line in rec["summary_lines"])
+    # deltas: perplexity from a t-interval on 10 per-window NLL differences, shown as Δppl
+    items = {c: pd.read_parquet(dyn / "checkpoints" / "step20" / "ablate" / "conditions" / c / "items_perplexity.parquet")
+             for c in ("baseline", "cohort_neg")}
+    d = items["cohort_neg"].nll.to_numpy() - items["baseline"].nll.to_numpy()
+    row = table.iloc[1]
+    assert row.d_perplexity_cohort_neg_n == 10 == len(d) and row.d_perplexity_cohort_neg_units == "windows"
+    ppl0 = np.exp(items["baseline"].nll.mean())
+    hi = d.mean() + sstats.t.ppf(0.975, 9) * d.std(ddof=1) / np.sqrt(10)
+    assert row.d_perplexity_cohort_neg == pytest.approx(ppl0 * np.expm1(d.mean()))
+    assert row.d_perplexity_cohort_neg_hi == pytest.approx(ppl0 * np.expm1(hi))
+    # one random set: its between-set variance cannot be estimated, so no interval (n too small)
+    assert np.isnan(row.d_tse_random_neg_lo) and "K = 1" in row.d_tse_random_neg_method
+    assert np.isfinite(row.d_tse_random_neg)
 
 
 def test_resume_and_missing_checkpoint(dyn, mini, data_root, monkeypatch, capsys):
@@ -259,3 +277,5 @@ def test_bad_spec_and_options_exit_2(tmp_path, capsys):
         assert "--checkpoints" in capsys.readouterr().err
     assert main(["dynamics", "--checkpoints", "x/y@step1", "--tasks", "arc_easy", "--out", str(tmp_path)]) == 2
     assert "--tasks" in capsys.readouterr().err
+    assert main(["dynamics", "--checkpoints", "x/y@step1", "--ppl-tokens", "16384", "--out", str(tmp_path)]) == 2
+    assert "perplexity intervals need >= 10" in capsys.readouterr().err

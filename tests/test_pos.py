@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from negdiff import NegdiffError, intervene, load_model
+from negdiff.bootstrap import stratum_mean_draws
 from negdiff.experiments import pos
 from negdiff.neuronset import NeuronSet
 from negdiff.scoring import encode_text, score_unbatched
@@ -58,18 +59,19 @@ DOC_TEXTS = ["The cat doesn't sit on the mat. Wow, it is big!", "Anna quickly re
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
-def _words(n: int = 600, seed: int = 0) -> pd.DataFrame:
+def _words(n: int = 600, seed: int = 0, docs: int = 30) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     tags = np.array(["NOUN", "DET", "PUNCT", "VERB", "AUX", "X", "INTJ", "ADP"])
     upos = rng.choice(tags, n)
     base = rng.gamma(2.0, 2.0, n)
     shift = np.where(np.isin(upos, pos.SCAFFOLDING), 0.8, 0.1)
-    return pd.DataFrame({"upos": upos, "n_tokens": rng.integers(0, 4, n).astype(float), "surprisal_baseline": base,
+    return pd.DataFrame({"doc": np.sort(rng.integers(0, docs, n)), "upos": upos,
+                         "n_tokens": rng.integers(0, 4, n).astype(float), "surprisal_baseline": base,
                          "surprisal_a": base + shift + rng.normal(0, 0.5, n)})
 
 
 def test_aggregate_hand_worked():
-    w = pd.DataFrame({"upos": ["DET", "DET", "NOUN", "INTJ"], "n_tokens": [1.0, 1.0, 2.0, 1.0],
+    w = pd.DataFrame({"doc": [0, 0, 1, 1], "upos": ["DET", "DET", "NOUN", "INTJ"], "n_tokens": [1.0, 1.0, 2.0, 1.0],
                       "surprisal_baseline": [1.0, 2.0, 3.0, 4.0], "surprisal_a": [2.0, 3.0, 5.0, 4.0]})
     res = pos.aggregate(w, ["a"], {}, n_boot=50)
     assert list(res["tags"]) == ["DET", "NOUN", "INTJ"]
@@ -81,13 +83,19 @@ def test_aggregate_hand_worked():
     assert a["tags"]["NOUN"]["mean_excess"]["value"] == 2.0 and a["tags"]["INTJ"]["sum_excess"] == 0.0
     assert {g: v["share_excess"]["value"] for g, v in a["groups"].items()} == {"scaffolding": 0.5, "content": 0.5,
                                                                             "other": 0.0}
+    # two documents: every interval is "n too small" (< 10 documents), point estimates only
+    m = a["mean_excess_per_word"]
+    assert m["ci_low"] is None and m["too_small"] and m["n"] == 2 and m["units"] == "documents"
+    assert a["tags"]["DET"]["mean_excess"]["n"] == 1 and res["resampling"]["n_documents"] == 2
+    with pytest.raises(NegdiffError, match="no 'doc' column"):
+        pos.aggregate(w.drop(columns="doc"), ["a"], {}, n_boot=50)
 
 
 def test_aggregate_matches_pandas_groupby():
     w = _words()
     res = pos.aggregate(w, ["a"], {}, n_boot=400, seed=3)
     ex = w.surprisal_a - w.surprisal_baseline
-    by = pd.DataFrame({"upos": w.upos, "ex": ex, "tok": w.n_tokens}).groupby("upos")
+    by = pd.DataFrame({"upos": w.upos, "ex": ex, "tok": w.n_tokens, "doc": w.doc}).groupby("upos")
     assert list(res["tags"]) == ["ADP", "DET", "AUX", "PUNCT", "NOUN", "VERB", "INTJ", "X"]
     a = res["conditions"]["a"]
     for tag, g in by:
@@ -95,10 +103,10 @@ def test_aggregate_matches_pandas_groupby():
         assert t["n_words"] == len(g) and t["share_words"] == pytest.approx(len(g) / len(w))
         assert t["share_tokens"] == pytest.approx(g.tok.sum() / w.n_tokens.sum())
         assert c["mean_excess"]["value"] == pytest.approx(g.ex.mean(), abs=1e-12)
+        assert c["mean_excess"]["n"] == g.doc.nunique()  # documents holding the tag: its resampling units
         assert c["share_excess"]["value"] == pytest.approx(g.ex.sum() / ex.sum())
-        se = g.ex.std(ddof=1) / np.sqrt(len(g))
         lo, hi = c["mean_excess"]["ci_low"], c["mean_excess"]["ci_high"]
-        assert lo < g.ex.mean() < hi and (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.2)
+        assert lo < g.ex.mean() < hi
         s = c["share_excess"]
         assert s["ci_low"] < s["value"] < s["ci_high"]
     sc = w.upos.isin(pos.SCAFFOLDING)
@@ -107,16 +115,66 @@ def test_aggregate_matches_pandas_groupby():
     assert a["groups"]["scaffolding"]["share_excess"]["value"] > res["groups"]["scaffolding"]["share_tokens"]
 
 
-def test_share_draws_equal_a_naive_loop():
-    w = _words(60, seed=1)
-    codes = pd.Categorical(w.upos).codes.astype(np.int64)
-    vals = (w.surprisal_a - w.surprisal_baseline).to_numpy()
-    got = pos.share_draws(codes, vals, codes.max() + 1, n_boot=25, seed=7)
-    idx = np.random.default_rng(7).integers(0, 60, size=(25, 60))
-    for b in range(25):
-        sums = pd.Series(vals[idx[b]]).groupby(codes[idx[b]]).sum().reindex(range(codes.max() + 1), fill_value=0)
-        np.testing.assert_allclose(got[b], sums / vals[idx[b]].sum(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(got.sum(axis=1), 1.0)
+def test_cluster_bootstrap_by_hand():
+    """Replicate b keeps every word of the documents row b of rng.integers(0, D, (B, D)) drew, with
+    multiplicity: the CI of the mean excess and of a share equal a naive recomputation."""
+    w = _words(150, seed=2, docs=12)
+    d = int(w.doc.max()) + 1
+    res = pos.aggregate(w, ["a"], {}, n_boot=60, seed=9)
+    idx = np.random.default_rng(9).integers(0, d, size=(60, d))
+    means, shares = [], []
+    for row in idx:
+        rs = pd.concat([w[w.doc == k] for k in row])
+        ex = rs.surprisal_a - rs.surprisal_baseline
+        means.append(ex.mean())
+        shares.append(ex[rs.upos.isin(pos.SCAFFOLDING)].sum() / ex.sum())
+    a = res["conditions"]["a"]
+    assert [a["mean_excess_per_word"]["ci_low"], a["mean_excess_per_word"]["ci_high"]] == pytest.approx(
+        np.quantile(means, [0.025, 0.975]).tolist())
+    s = a["groups"]["scaffolding"]["share_excess"]
+    assert [s["ci_low"], s["ci_high"]] == pytest.approx(np.quantile(shares, [0.025, 0.975]).tolist())
+    assert a["mean_excess_per_word"]["n"] == d and "cluster bootstrap over documents" in s["method"]
+
+
+def test_cluster_ci_is_wider_than_a_word_level_one_when_documents_differ():
+    """All the variance between documents (each document one excess): a word-level bootstrap thinks it has
+    30 x more units than it does; resampling documents gives the honest, wider interval."""
+    rng = np.random.default_rng(4)
+    docs, per = 20, 30
+    effect = np.repeat(rng.normal(0.5, 1.0, docs), per)
+    base = rng.gamma(2.0, 2.0, docs * per)
+    w = pd.DataFrame({"doc": np.repeat(np.arange(docs), per), "upos": rng.choice(["NOUN", "DET"], docs * per),
+                      "n_tokens": 1.0, "surprisal_baseline": base,
+                      "surprisal_a": base + effect + rng.normal(0, 0.01, docs * per)})
+    m = pos.aggregate(w, ["a"], {}, n_boot=4000, seed=0)["conditions"]["a"]["mean_excess_per_word"]
+    ex = (w.surprisal_a - w.surprisal_baseline).to_numpy()
+    draws, _, _ = stratum_mean_draws(ex, None, 4000, 0)  # the word-level bootstrap
+    word_lo, word_hi = np.quantile(draws[:, 0, 0], [0.025, 0.975])
+    assert (m["ci_high"] - m["ci_low"]) > 3 * (word_hi - word_lo)
+    doc_means = ex.reshape(docs, per).mean(1)
+    assert (m["ci_high"] - m["ci_low"]) == pytest.approx(2 * 1.96 * doc_means.std(ddof=0) / np.sqrt(docs), rel=0.15)
+
+
+def test_random_control_carries_between_set_variance():
+    """K = 3 sets: the interval adds s^2_between / K to the document variance (t, Welch-Satterthwaite df);
+    K = 1 set: no interval, and the record says why."""
+    w = _words(900, seed=5, docs=40)
+    rng = np.random.default_rng(6)
+    for k, bump in enumerate((0.0, 0.3, 0.6)):
+        w[f"surprisal_r{k}"] = w.surprisal_baseline + bump + rng.normal(0, 0.2, len(w))
+    w["surprisal_rnd"] = w[["surprisal_r0", "surprisal_r1", "surprisal_r2"]].mean(axis=1)
+    res = pos.aggregate(w, ["rnd"], {"rnd": ["r0", "r1", "r2"]}, n_boot=2000, seed=1)["conditions"]["rnd"]
+    m = res["mean_excess_per_word"]
+    per_set = [float((w[f"surprisal_r{k}"] - w.surprisal_baseline).mean()) for k in range(3)]
+    extra = m["between_sets"]
+    assert extra["k_sets"] == 3 and extra["per_set"] == pytest.approx(per_set)
+    assert extra["var_between_sets_over_k"] == pytest.approx(np.var(per_set, ddof=1) / 3)
+    se = np.sqrt(extra["var_items"] + extra["var_between_sets_over_k"])
+    assert m["ci_high"] - m["value"] > 1.96 * se  # t with few df: wider than the normal
+    assert m["value"] == pytest.approx(np.mean(per_set)) and res["random_sets"]["k"] == 3
+    one = pos.aggregate(w, ["r0"], {"r0": ["r0"]}, n_boot=200, seed=1)["conditions"]["r0"]
+    assert one["mean_excess_per_word"]["ci_low"] is None and one["mean_excess_per_word"]["too_small"]
+    assert "cannot be estimated" in one["random_sets"]["note"] and one["random_sets"]["k"] == 1
 
 
 def test_tag_groups():
@@ -151,7 +209,7 @@ def test_build_conditions(loaded, scan_dir, tmp_path):
     assert [c.name for c in conds] == ["baseline", "wn_neg", "random_neg"]
     wn = conds[1].runs[0][1]
     rand = [s for _, s in conds[2].runs]
-    assert [r for r, _ in conds[2].runs] == ["random_neg_s0", "random_neg_s1", "random_neg_s2"]
+    assert [r for r, _ in conds[2].runs] == [f"random_neg_s{k}" for k in range(5)]  # paper.md: >= 5 sets
     for r in rand:
         assert r.counts() == wn.counts() and r.difference(wn).size == r.size  # layer-matched, WN excluded
     assert "negdiff ablate" in missing["ppl_matched_neg"]["message"]
@@ -196,7 +254,7 @@ def test_run_pos_outputs_and_independent_totals(loaded, scan_dir, corpus, tmp_pa
         with intervene(loaded.model, wn, "zero_negative"):
             ref = _ref_doc_surprisal(loaded, text)
         assert w.surprisal_wn_neg[w.doc == d].sum() == pytest.approx(ref, rel=1e-5)
-    seeds = w[[f"surprisal_random_neg_s{k}" for k in range(3)]].mean(axis=1)
+    seeds = w[[f"surprisal_random_neg_s{k}" for k in range(5)]].mean(axis=1)
     np.testing.assert_allclose(w.surprisal_random_neg, seeds)
     assert not np.allclose(w.surprisal_wn_neg, w.surprisal_baseline)
     # pos.json numbers recomputed from words.parquet
@@ -211,6 +269,8 @@ def test_run_pos_outputs_and_independent_totals(loaded, scan_dir, corpus, tmp_pa
     assert saved["results"]["groups"]["scaffolding"]["share_tokens"] == pytest.approx(
         w.n_tokens[sc].sum() / w.n_tokens.sum())
     assert any(line.startswith("wn_neg") and "scaffolding tags carry" in line for line in rec["summary_lines"])
+    assert res["mean_excess_per_word"]["too_small"] and "too small" in rec["summary_lines"][1]  # 2 documents
+    assert saved["random_control"]["k"] == 5 and saved["format"] == "negdiff.pos/2"
 
     # resume: nothing is rescored when the key matches ...
     def boom(*a, **k):

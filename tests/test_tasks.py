@@ -72,7 +72,7 @@ def test_handmade_three_pairs_with_a_known_answer(tmp_path):
     assert res.items["lp_good"][0] == pytest.approx(math.log(raw(0)), abs=1e-5)
     assert res.items["lp_bad"][2] == pytest.approx(math.log(p[0, 3] * p[3, 5]), abs=1e-5)
     assert res.items["item_id"].tolist() == ["blimp/toy_paradigm/0", "blimp/toy_paradigm/1", "blimp/toy_paradigm/2"]
-    assert res.version == "1" and res.config["reduction"] == "sum"
+    assert res.version == "2" and res.config["reduction"] == "sum"
 
 
 def test_blimp_ties_count_as_wrong_and_limit_rules(tmp_path):
@@ -138,8 +138,8 @@ def test_multiple_choice_acc_and_acc_norm_recomputed_by_hand():
             prompted = _by_hand_prompts(name, it)
             lls = []
             for ctx, cont in prompted:
-                ids = [tok.bos_token_id, *tok(ctx + cont, add_special_tokens=False)["input_ids"]]
-                n_ctx = 1 + len(tok(ctx, add_special_tokens=False)["input_ids"])
+                ids = tok(ctx + cont, add_special_tokens=False)["input_ids"]  # harness: no BOS before a context
+                n_ctx = len(tok(ctx, add_special_tokens=False)["input_ids"])
                 with torch.no_grad():
                     logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
                 lls.append(sum(float(logp[i - 1, ids[i]]) for i in range(n_ctx, len(ids))))
@@ -197,11 +197,19 @@ def test_perplexity_equals_exp_mean_nll_recomputed(tmp_path):
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
     assert res.config["window"] == 64 and res.config["n_windows"] == n
     assert res.metrics["ppl"]["value"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
+    assert n >= 10  # enough windows for an interval
+    if n >= 10:  # t-interval on per-window NLL, transformed: exp(mean +- t * sd / sqrt(n))
+        from scipy import stats
+
+        w = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), windows[:, 1:], reduction="none").mean(1)
+        half = stats.t.ppf(0.975, n - 1) * float(w.std()) / math.sqrt(n)
+        assert res.metrics["ppl"]["ci_high"] == pytest.approx(math.exp(float(w.mean()) + half), rel=1e-4)
     assert res.metrics["ppl"]["ci_low"] < res.metrics["ppl"]["value"] < res.metrics["ppl"]["ci_high"]
     sub = run_task("perplexity", model, tok, EvalConfig(ppl_corpus=str(path), max_tokens=130, seed=3))
     assert sub.config["n_windows"] == 2 and sub.items["window"].is_monotonic_increasing
     picked = res.items.set_index("window").loc[sub.items["window"], "nll"]
     assert sub.metrics["ppl"]["value"] == pytest.approx(math.exp(picked.mean()), rel=1e-9)
+    assert sub.metrics["ppl"]["ci_low"] is None and sub.metrics["ppl"]["n"] == 2  # 2 windows: no interval
 
 
 def test_errors_name_the_file_and_line(tmp_path):

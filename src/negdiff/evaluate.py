@@ -23,7 +23,7 @@ import torch
 from negdiff.errors import NegdiffError
 from negdiff.inference import bootstrap_draws, percentile_ci
 from negdiff.results import versions, write_json, write_parquet
-from negdiff.scoring import ScoringConfig
+from negdiff.scoring import BOS_POLICIES, ScoringConfig
 from negdiff.tasks import ALIASES, TASKS, EvalConfig, TaskResult, expand_tasks, run_task
 
 FORMAT = "negdiff.eval/1"
@@ -159,7 +159,8 @@ def summary_lines(results: dict) -> list[str]:
         for key in ("acc", "acc_norm", "ppl", "acc_task_mean", "acc_strict"):
             if key in res["metrics"]:
                 m = res["metrics"][key]
-                lines.append(f"{name:<16} {key:<14} {m['value']:.4f}  [{m['ci_low']:.4f}, {m['ci_high']:.4f}]  n={m['n']}")
+                ci = f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if m.get("ci_low") is not None else "(n too small for a CI)"
+                lines.append(f"{name:<16} {key:<14} {m['value']:.4f}  {ci}  n={m['n']}")
     for name, m in results.get("aggregates", {}).items():
         lines.append(f"{name:<31} {m['value']:.4f}  [{m['ci_low']:.4f}, {m['ci_high']:.4f}]")
     return lines
@@ -186,7 +187,9 @@ def register(subparsers) -> None:
     p.add_argument("--ppl-corpus", default="wikitext2-valid", help="perplexity corpus: a name or a local text file")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="padded tokens per forward pass (default: 256 on CPU, 16384 on CUDA)")
-    p.add_argument("--bos", default="prefix", choices=("prefix", "tokenizer_default"), help="BOS policy")
+    p.add_argument("--bos", default="prefix", choices=BOS_POLICIES,
+                   help="BOS policy: prefix (document-start token, detected), tokenizer_default (the authors), "
+                        "bos_token (literally tokenizer.bos_token, negdiff's earlier prefix)")
     p.add_argument("--no-share-context", action="store_true",
                    help="multiple choice: rerun the context for every answer instead of caching it (a check)")
     p.add_argument("--tse-reduction", default="mean", choices=("mean", "sum"), help="TSE sentence score")

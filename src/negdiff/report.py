@@ -38,7 +38,7 @@ def _figures(run: Path) -> list[Path]:
 
 def markdown(run: str | Path) -> str:
     """The report as Markdown (figures linked by relative path)."""
-    from negdiff.experiments.ablate_stats import table_markdown
+    from negdiff.experiments.ablate_stats import claim_lines, table_markdown
 
     run = Path(run)
     parts = _load(run)
@@ -52,10 +52,10 @@ def markdown(run: str | Path) -> str:
     if "ablate" in parts:
         a = parts["ablate"]
         lines += ["## Headline table", "", table_markdown(a), "", "## The paper's claims on this model", ""]
-        for c in a["claims"]:
-            e = c["evidence"]
-            ev = f" — diff {e['diff']:+.4f}, 95% CI [{e['ci_low']:+.4f}, {e['ci_high']:+.4f}], n = {e['n']}" if e else ""
-            lines.append(f"- **{c['verdict']}**: {c['claim']}{ev} (rule: {c['rule']})")
+        lines += [f"One family of {len(a['claims'])} claims, Holm-adjusted one-sided p at alpha = "
+                  f"{a['protocol']['alpha']}; CIs are 95% and unadjusted; the deciding read-outs, margins and states are "
+                  "declared in docs/protocol.md.", ""]
+        lines += [x.replace("- ", "- **", 1).replace(": ", "**: ", 1) for x in claim_lines(a["claims"])]
         pm = a.get("ppl_matched", {})
         lines += ["", f"Perplexity-matched control: m = {100 * pm.get('m', 0):.2f}% of each layer ({pm.get('n_neurons')} "
                   f"neurons), matched: {pm.get('matched')}.", ""]

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from negdiff.bootstrap import window_summary
 from negdiff.data import corpus_documents, data_dir, token_windows
 from negdiff.errors import NegdiffError
-from negdiff.inference import summarize
-from negdiff.scoring import model_max_length, token_logprobs, window_nlls
+from negdiff.scoring import model_max_length, scoring_record, token_logprobs, window_nlls
 from negdiff.tasks_core import (
     EvalConfig,
     TaskResult,
@@ -78,7 +78,7 @@ def run_blimp(model, tokenizer, items: list[dict], cfg: EvalConfig) -> TaskResul
     metrics["acc_paradigm_mean"] = mean_of_groups(frame, "correct", "paradigm", cfg)
     config = {"reduction": cfg.blimp_reduction, "ties": "wrong", "limit": cfg.limit, "limit_rule":
               cfg.blimp_sample, "seed": cfg.seed, "n_paradigms": int(frame["paradigm"].nunique()),
-              "scoring": cfg.scoring.to_dict(), "data_files": file_hashes(items)}
+              "scoring": scoring_record(cfg.scoring, tokenizer), "data_files": file_hashes(items)}
     return TaskResult("blimp", "", metrics, frame, config)
 
 
@@ -131,7 +131,7 @@ def run_tse(model, tokenizer, items: list[dict], cfg: EvalConfig) -> TaskResult:
     config = {"reduction": cfg.tse_reduction, "npi_pairing": "sentence_bad_2 (authors); acc_strict: beats both",
               "overall": "pooled over pairs (authors); acc_task_mean: mean over tasks", "ties": "wrong",
               "limit": cfg.limit, "limit_rule": "seeded per task", "seed": cfg.seed,
-              "scoring": cfg.scoring.to_dict(), "data_files": file_hashes(items)}
+              "scoring": scoring_record(cfg.scoring, tokenizer), "data_files": file_hashes(items)}
     return TaskResult("tse", "", metrics, frame, config)
 
 
@@ -158,9 +158,8 @@ def run_perplexity(model, tokenizer, items: list[dict], cfg: EvalConfig) -> Task
     label = cfg.ppl_corpus if "/" not in cfg.ppl_corpus else Path(cfg.ppl_corpus).name
     frame = pd.DataFrame({"item_id": [f"perplexity/{label}/{i}" for i in idx], "window": idx, "nll": nll,
                           "n_tokens": window - 1})
-    boot = {"n_boot": cfg.n_boot, "seed": cfg.seed, "alpha": cfg.alpha}
-    metrics = {"ppl": summarize(nll, transform=math.exp, **boot), "nll": summarize(nll, **boot)}
-    config = {"corpus": cfg.ppl_corpus, "window": window, "n_windows_total": total, "n_windows": len(idx),
+    metrics = {"ppl": window_summary(nll, math.exp), "nll": window_summary(nll)}
+    config = {"corpus": cfg.ppl_corpus, "interval": "t on per-window mean NLL (n - 1 df); none below 10 windows", "window": window, "n_windows_total": total, "n_windows": len(idx),
               "tokens_scored": len(idx) * (window - 1), "max_tokens": cfg.max_tokens, "seed": cfg.seed,
               "bos": "none: windows cut from one token stream, each window's first token is context only",
               "scoring": cfg.scoring.to_dict(), "data_files": file_hashes(items)}
@@ -169,9 +168,9 @@ def run_perplexity(model, tokenizer, items: list[dict], cfg: EvalConfig) -> Task
 
 # ---------------------------------------------------------------------------------------------- registry
 TASKS: dict[str, TaskSpec] = {
-    "blimp": TaskSpec("blimp", "1", "minimal_pairs", load_blimp, run_blimp,
+    "blimp": TaskSpec("blimp", "2", "minimal_pairs", load_blimp, run_blimp,
                       "BLiMP, 67 paradigms x 1000 minimal pairs; summed log-prob", "grammatical"),
-    "tse": TaskSpec("tse", "1", "minimal_pairs", load_tse, run_tse,
+    "tse": TaskSpec("tse", "2", "minimal_pairs", load_tse, run_tse,
                     "Marvin & Linzen 2018 targeted syntactic evaluation; mean per-token log-prob", "grammatical"),
     "perplexity": TaskSpec("perplexity", "1", "perplexity", load_perplexity, run_perplexity,
                            "token perplexity over non-overlapping windows (WikiText-2 raw validation)", "lm"),

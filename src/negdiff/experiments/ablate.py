@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from negdiff.bootstrap import MIN_UNITS, N_BOOT
 from negdiff.data import corpus_documents, token_windows
 from negdiff.errors import NegdiffError
 from negdiff.evaluate import evaluate, write_results
@@ -29,11 +30,13 @@ from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
 from negdiff.results import config_key, read_json, write_json
 from negdiff.scoring import ScoringConfig, window_nlls
-from negdiff.select import random_like, select_lowest, select_wasserstein
+from negdiff.select import CLI_CRITERIA, random_like, select_lowest, select_wasserstein
 from negdiff.tasks import expand_tasks
 from negdiff.tasks_core import EvalConfig
 
 SYNTAX_TASKS = ("perplexity", "blimp", "tse")
+#: The perplexity-matched search runs on at least this many calibration windows.
+MIN_CALIB_WINDOWS = 8
 
 
 @dataclass
@@ -44,22 +47,39 @@ class AblateConfig:
     criterion: str = "wd"
     scope: str = "per_layer"
     fraction: float = 0.01
-    seeds: int = 3
+    seeds: int = 5  # random layer-matched sets (paper.md: >= 5; their spread is inside every interval)
     blimp_limit: int | None = 20  # pairs per paradigm (67 paradigms)
     tse_limit: int | None = 30  # pairs per task (22 tasks)
     nongram_limit: int | None = 50  # items per benchmark
-    ppl_tokens: int | None = 16_384  # reported perplexity: a seeded subset of WikiText-2 valid windows
-    calib_corpus: str = "wikitext2"  # perplexity matching runs here, disjoint from the reported windows
-    calib_tokens: int = 4096
+    ppl_tokens: int | None = 20_480  # reported perplexity: a seeded subset of WikiText-2 valid windows (>= 10)
+    ppl_window: int = 2048  # tokens per perplexity window (capped at the model's maximum); presets may shorten it
+    calib_corpus: str = "wikitext2"  # perplexity matching runs here (test split), disjoint from the reported windows
+    calib_tokens: int = 16_384  # >= 8 windows of ppl_window
     match_tol: float = 0.02
     controls_on_nongram: bool = False  # sign/magnitude controls on the 8 benchmarks too (slow)
     dose_fractions: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.05)
     dose_blimp_limit: int | None = 5
     dose_ppl_tokens: int | None = 8192
     seed: int = 0
-    n_boot: int = 1000
+    n_boot: int = N_BOOT
     batch_tokens: int | None = None  # None: the scorer's device default (256 tokens on CPU, 16384 on CUDA)
     bos: str = "prefix"
+
+    def __post_init__(self) -> None:
+        """Refuse sizes whose statistics would mean nothing, before any model work."""
+        if self.seeds < 1:
+            raise NegdiffError(f"--seeds must be >= 1 random set, got {self.seeds}")
+        if self.ppl_window < 16:
+            raise NegdiffError(f"--ppl-window must be >= 16 tokens, got {self.ppl_window}")
+        if self.ppl_tokens is not None and self.ppl_tokens // self.ppl_window < MIN_UNITS:
+            raise NegdiffError(f"--ppl-tokens {self.ppl_tokens} gives {self.ppl_tokens // self.ppl_window} windows of "
+                               f"{self.ppl_window}; perplexity intervals need >= {MIN_UNITS}: raise --ppl-tokens to "
+                               f"{MIN_UNITS * self.ppl_window} or shorten --ppl-window")
+        if self.calib_tokens // self.ppl_window < MIN_CALIB_WINDOWS:
+            raise NegdiffError(f"calib_tokens {self.calib_tokens} gives {self.calib_tokens // self.ppl_window} windows of "
+                               f"{self.ppl_window}; the perplexity-matched search needs >= {MIN_CALIB_WINDOWS}")
+        if self.n_boot < 1000:
+            raise NegdiffError(f"--n-boot must be >= 1000 (decisions use >= {N_BOOT}), got {self.n_boot}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,7 +104,7 @@ def eval_config(cfg: AblateConfig, task: str, dose: bool = False) -> EvalConfig:
     limit = {"blimp": cfg.dose_blimp_limit if dose else cfg.blimp_limit, "tse": cfg.tse_limit,
              "perplexity": None}.get(task, cfg.nongram_limit)
     return EvalConfig(scoring=ScoringConfig(bos=cfg.bos, max_batch_tokens=cfg.batch_tokens), limit=limit,
-                      seed=cfg.seed, n_boot=cfg.n_boot,
+                      seed=cfg.seed, n_boot=min(cfg.n_boot, 1000), ppl_window=cfg.ppl_window,
                       max_tokens=(cfg.dose_ppl_tokens if dose else cfg.ppl_tokens) if task == "perplexity" else None)
 
 
@@ -109,8 +129,12 @@ def load_scan(scan_dir: str | Path, loaded: LoadedModel) -> tuple[pd.DataFrame, 
 
 
 def calibration_windows(loaded: LoadedModel, cfg: AblateConfig) -> torch.Tensor:
-    window = min(2048, loaded.info.max_length or 2048)
-    return token_windows(loaded.tokenizer, corpus_documents(cfg.calib_corpus)[0], window, cfg.calib_tokens)
+    window = min(cfg.ppl_window, loaded.info.max_length or cfg.ppl_window)
+    windows = token_windows(loaded.tokenizer, corpus_documents(cfg.calib_corpus)[0], window, cfg.calib_tokens)
+    if len(windows) < MIN_CALIB_WINDOWS:
+        raise NegdiffError(f"the calibration corpus {cfg.calib_corpus} gives {len(windows)} windows of {window} tokens; "
+                           f"the perplexity-matched search needs >= {MIN_CALIB_WINDOWS}")
+    return windows
 
 
 def calib_ppl(loaded: LoadedModel, windows: torch.Tensor, neurons: NeuronSet, cfg: AblateConfig) -> float:
@@ -281,7 +305,8 @@ def _cmd_ablate(args) -> int:
     from negdiff.experiments.ablate_stats import table_lines
 
     cfg = AblateConfig(tasks=tuple(args.tasks.split(",")), criterion=args.criterion, scope=args.scope,
-                       fraction=args.fraction, seeds=args.seeds, seed=args.seed, bos=args.bos,
+                       fraction=args.fraction, seeds=args.seeds, seed=args.seed, bos=args.bos, n_boot=args.n_boot,
+                       ppl_window=args.ppl_window,
                        batch_tokens=args.batch_tokens, controls_on_nongram=args.controls_on_nongram)
     if args.full:
         cfg = dataclasses.replace(cfg, blimp_limit=None, tse_limit=None, nongram_limit=None, ppl_tokens=None,
@@ -305,10 +330,13 @@ def register(sub) -> None:
     d = AblateConfig()
     p.add_argument("--scan", required=True, help="folder of a finished `negdiff scan`")
     p.add_argument("--tasks", default=",".join(d.tasks), help="tasks or aliases (default %(default)s)")
-    p.add_argument("--criterion", choices=("wd", "wd_neg", "md", "kurtosis"), default=d.criterion)
+    p.add_argument("--criterion", choices=CLI_CRITERIA, default=d.criterion)
     p.add_argument("--scope", choices=("per_layer", "global"), default=d.scope)
     p.add_argument("--fraction", type=float, default=d.fraction)
-    p.add_argument("--seeds", type=int, default=d.seeds, help="random-control seeds (default 3)")
+    p.add_argument("--seeds", type=int, default=d.seeds, help="random layer-matched control sets (default %(default)s)")
+    p.add_argument("--n-boot", dest="n_boot", type=int, default=d.n_boot, help="bootstrap replicates (default %(default)s)")
+    p.add_argument("--ppl-window", dest="ppl_window", type=int, default=d.ppl_window,
+                   help="tokens per perplexity window, reported and calibration (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="subsampling and bootstrap seed")
     p.add_argument("--blimp-limit", dest="blimp_limit", type=int, help=f"pairs per paradigm (default {d.blimp_limit}; 0 = all)")
     p.add_argument("--tse-limit", dest="tse_limit", type=int, help=f"pairs per TSE task (default {d.tse_limit}; 0 = all)")
@@ -317,7 +345,7 @@ def register(sub) -> None:
     p.add_argument("--controls-on-nongram", action="store_true", help="score the sign/magnitude controls on the 8 benchmarks too")
     p.add_argument("--no-dose", action="store_true", help="skip the dose-response sweep")
     p.add_argument("--full", action="store_true", help="paper-size run: every item of every task (GPU advised)")
-    p.add_argument("--bos", choices=("prefix", "tokenizer_default"), default=d.bos)
+    p.add_argument("--bos", choices=("prefix", "tokenizer_default", "bos_token"), default=d.bos)
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens,
                    help="padded tokens per forward (default: 256 on CPU, 16384 on CUDA)")
     p.add_argument("--out", required=True)

@@ -1,10 +1,11 @@
 """Statistics, verdicts and the table of the ablation experiment, computed from per-item results only.
 
-Every difference is paired (the same items in both conditions) with a seeded bootstrap CI over items
-(windows for perplexity); wn_neg is tested against each control with exact McNemar tests, Holm-corrected
-across tasks. Verdicts are derived from those CIs by fixed rules, never written by hand: a claim
-"holds" when the CI of the deciding difference lies entirely on the claimed side of zero, "does not
-hold" when it lies entirely on the other side (or at zero), and is "inconclusive" otherwise.
+Deltas and contrasts come from :class:`negdiff.contrasts.Contrasts` (windows: t-intervals on per-window
+NLL differences; items: stratified paired bootstrap; random sets: between-set variance included). The
+paper's claims form one family decided by :func:`negdiff.decide.decide` (Holm on one-sided p-values,
+equivalence margins, minimum detectable effects). The deciding read-out of each claim, the margins and
+the matching tolerance are declared in docs/protocol.md and in :data:`PROTOCOL` below, which is written
+into ablation.json: change them only with a new protocol version, never after seeing a result.
 """
 
 from __future__ import annotations
@@ -13,150 +14,150 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from negdiff.inference import holm, mcnemar_exact, percentile_ci
+from negdiff.bootstrap import N_BOOT
+from negdiff.contrasts import NONGRAM, Contrasts, ppl_cell
+from negdiff.decide import ALPHA, Claim, decide
 from negdiff.results import write_json
 
-NONGRAM = ("arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "sciq", "lambada_openai", "boolq")
+#: The declared protocol (docs/protocol.md): deciding read-outs, equivalence margins, matching tolerance.
+PROTOCOL: dict[str, Any] = {
+    "version": "2026-12-02",
+    "alpha": ALPHA,
+    "n_boot": N_BOOT,
+    "family": "the 8 ablation claims below; Holm on one-sided p-values in the claimed direction",
+    "deciding_readouts": {"perplexity": "mean NLL per window (nats)", "blimp": "margin lp_good - lp_bad (sum, nats)",
+                          "tse": "margin lp_good - lp_rival (mean per token, nats)",
+                          "nongrammatical": "mean error over the 8 benchmarks (accuracy, pooled as the paper)"},
+    "equivalence_margins": {"nll": 0.01, "blimp_margin": 0.1, "tse_margin": 0.015, "acc": 0.01, "mean_error": 0.01},
+    "ppl_matched_tolerance": 0.10,
+}
+MARGIN = PROTOCOL["equivalence_margins"]
 
 
-def _stat(task: str):
-    """The headline statistic of a task's item rows: perplexity for windows, accuracy otherwise."""
-    if task == "perplexity":
-        return "nll", lambda v: float(np.exp(v.mean()))
-    return "correct", lambda v: float(v.mean())
+def _groups(conditions: list) -> dict[str, list[str]]:
+    groups = {c.name: [c.name] for c in conditions if not c.name.startswith("random_neg_s")}
+    groups["random_neg"] = [c.name for c in conditions if c.name.startswith("random_neg_s")]
+    return {k: v for k, v in groups.items() if v}
 
 
-def _aligned(a: pd.DataFrame, b: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
-    merged = a[["item_id", column]].merge(b[["item_id", column]], on="item_id", suffixes=("_a", "_b"), validate="1:1")
-    if len(merged) != len(a) or len(merged) != len(b):
-        raise ValueError("conditions were scored on different items; cannot pair them")
-    return merged[f"{column}_a"].to_numpy(dtype=float), merged[f"{column}_b"].to_numpy(dtype=float)
+def match_check(con: Contrasts, search: dict[str, Any], tol: float) -> dict[str, Any]:
+    """Is ppl_matched_neg matched to wn_neg on the *reported* windows? Mismatch = (Δppl_m - Δppl_wn) / Δppl_wn.
 
+    Δppl_c / ppl_base = exp(mean NLL_c - mean NLL_base) - 1, so the mismatch does not depend on the base;
+    its interval is a leave-one-window-out jackknife. The control counts as not matched when the search
+    failed, when the interval lies entirely outside +-tol, or when fewer than 10 windows were reported.
+    """
+    def mismatch(m: np.ndarray) -> float:
+        wn, pm = np.expm1(m[1] - m[0]), np.expm1(m[2] - m[0])
+        return float((pm - wn) / wn) if wn != 0 else float("nan")
 
-def paired_draws(items_a, items_b, task: str, n_boot: int, seed: int) -> tuple[float, np.ndarray]:
-    """stat(b) - stat(a) and its bootstrap draws, resampling the paired items (same indices for both)."""
-    column, stat = _stat(task)
-    a, b = _aligned(items_a, items_b, column)
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
-    draws = np.array([stat(b[i]) - stat(a[i]) for i in idx])
-    return stat(b) - stat(a), draws
-
-
-def _cell(point: float, draws: np.ndarray, n: int, alpha: float = 0.05) -> dict[str, Any]:
-    lo, hi = percentile_ci(draws, alpha)
-    return {"diff": point, "ci_low": lo, "ci_high": hi, "n": n}
-
-
-def compare(items: dict[str, dict[str, pd.DataFrame]], a: list[str], b: list[str], task: str, n_boot: int,
-            seed: int) -> tuple[float, np.ndarray, int]:
-    """stat(mean over conditions b) - stat(mean over a): each side may be several seeds, averaged."""
-    points, draws = [], []
-    for ca in a:
-        for cb in b:
-            p, d = paired_draws(items[ca][task], items[cb][task], task, n_boot, seed)
-            points.append(p)
-            draws.append(d)
-    return float(np.mean(points)), np.mean(draws, axis=0), len(items[b[0]][task])
-
-
-def _mean_error(items, a: list[str], b: list[str], tasks: list[str], n_boot: int, seed: int):
-    """Change in the mean error over ``tasks`` (error = 1 - acc), from b relative to a."""
-    parts = [compare(items, a, b, t, n_boot, seed) for t in tasks]
-    point = -float(np.mean([p for p, _, _ in parts]))
-    return point, -np.mean([d for _, d, _ in parts], axis=0), sum(n for _, _, n in parts)
-
-
-def verdict(cell: dict[str, Any], sign: int) -> str:
-    """'holds' if the CI is entirely on the ``sign`` side of zero, 'does not hold' if entirely on the other."""
-    lo, hi = cell["ci_low"] * sign, cell["ci_high"] * sign
-    lo, hi = min(lo, hi), max(lo, hi)
-    if lo > 0:
-        return "holds"
-    if hi <= 0:
-        return "does not hold"
-    return "inconclusive"
+    iv = con.window_function("perplexity", ["baseline", "wn_neg", "ppl_matched_neg"], mismatch)
+    out: dict[str, Any] = {"mismatch": iv.to_dict(), "tolerance": tol, "search_matched": bool(search.get("matched"))}
+    if not search.get("matched"):
+        out["gate"] = f"the perplexity-matched search did not match: {search.get('reason', 'closest point outside tolerance')}"
+    elif iv.ci is None:
+        out["gate"] = "matching cannot be checked: fewer than 10 reported perplexity windows"
+    elif iv.ci[0] > tol or iv.ci[1] < -tol:
+        out["gate"] = (f"on the reported windows the control does {100 * iv.estimate:+.0f}% "
+                       f"[{100 * iv.ci[0]:+.0f}, {100 * iv.ci[1]:+.0f}] of wn_neg's perplexity damage, outside +-{100 * tol:.0f}%")
+    return out
 
 
 def analyze(results: dict[str, dict], conditions: list, search: dict, dose: list[dict], cfg) -> dict[str, Any]:
-    """Deltas to baseline, wn_neg-vs-control tests, verdicts and dose-response summary."""
+    """Values and deltas per condition, the claim family and its verdicts, and the dose-response summary."""
     items = {name: res["items"] for name, res in results.items()}
-    groups = {c.name: [c.name] for c in conditions if not c.name.startswith("random_neg_s")}
-    groups["random_neg"] = [c.name for c in conditions if c.name.startswith("random_neg_s")]
-    order = ["baseline", "wn_neg", "random_neg", "ppl_matched_neg", "wn_pos", "wn_zero", "wn_identity_pos", "wn_abs_neg"]
-    order = [g for g in order if groups.get(g)]
-    nb, sd = cfg.n_boot, cfg.seed
-    value, delta = {}, {}
+    groups = _groups(conditions)
+    con = Contrasts(items, groups, n_boot=cfg.n_boot, seed=cfg.seed)
+    order = [g for g in ("baseline", "wn_neg", "random_neg", "ppl_matched_neg", "wn_pos", "wn_zero", "wn_identity_pos",
+                         "wn_abs_neg") if g in groups]
+    value: dict[str, dict] = {}
+    delta: dict[str, dict] = {}
+    base_ppl = con.value("baseline", "perplexity", "nll")["value"]
     for g in order:
-        tasks = [t for t in items[groups[g][0]]]
+        tasks = list(items[groups[g][0]])
         value[g] = {}
         for t in tasks:
-            column, stat = _stat(t)
-            per = [stat(items[c][t][column].to_numpy(dtype=float)) for c in groups[g]]
-            value[g][t] = {"value": float(np.mean(per)), "n": len(items[groups[g][0]][t]),
-                           **({"per_seed": per, "sd": float(np.std(per, ddof=1))} if len(per) > 1 else {})}
-            if g != "baseline":
-                delta.setdefault(g, {})[t] = _cell(*compare(items, ["baseline"], groups[g], t, nb, sd)[:2], value[g][t]["n"])
+            for r in _readouts(items, t):
+                key = t if r in ("nll", "acc") else f"{t}:{r}"
+                value[g][key] = con.value(g, t, r)
+                if g == "baseline":
+                    continue
+                iv = con.interval(t, r, "baseline", g)
+                delta.setdefault(g, {})[key] = ppl_cell(iv, base_ppl) if t == "perplexity" else _cell(iv)
         ng = [t for t in NONGRAM if t in tasks]
         if ng:
-            errs = [1 - value[g][t]["value"] for t in ng]
-            value[g]["nongrammatical_mean_error"] = {"value": float(np.mean(errs)), "n": sum(value[g][t]["n"] for t in ng)}
+            value[g]["nongrammatical_mean_error"] = {"value": float(np.mean([1 - value[g][t]["value"] for t in ng])),
+                                                     "n": sum(value[g][t]["n"] for t in ng)}
             if g != "baseline":
-                p, d, n = _mean_error(items, ["baseline"], groups[g], ng, nb, sd)
-                delta[g]["nongrammatical_mean_error"] = _cell(p, d, n)
-    tests = {}
-    for control in ("random_neg", "ppl_matched_neg"):
-        if not groups.get(control):
-            continue
-        rows = []
-        for t in [t for t in items["wn_neg"] if t != "perplexity" and t in items[groups[control][0]]]:
-            for c in groups[control]:
-                a, b = _aligned(items["wn_neg"][t], items[c][t], "correct")
-                m = mcnemar_exact(a.astype(bool), b.astype(bool))
-                rows.append({"task": t, "control": c, "wn_right_only": m.b, "control_right_only": m.c, "p": m.pvalue, "n": len(a)})
-        if rows:
-            for c in groups[control]:
-                sel = [r for r in rows if r["control"] == c]
-                for r, adj in zip(sel, holm([r["p"] for r in sel])):
-                    r["p_holm"] = float(adj)
-        diffs = {t: _cell(*compare(items, groups[control], ["wn_neg"], t, nb, sd)[:2], len(items["wn_neg"][t]))
-                 for t in items["wn_neg"] if t in items[groups[control][0]]}
-        tests[control] = {"mcnemar": rows, "wn_minus_control": diffs}
-    claims = _claims(delta, tests, items, groups, nb, sd)
-    return {"format": "negdiff.ablation/1", "order": order, "groups": groups, "value": value, "delta": delta,
-            "tests": tests, "claims": claims, "ppl_matched": {k: v for k, v in search.items() if k != "neurons"},
+                delta[g]["nongrammatical_mean_error"] = _cell(con.mean_error("baseline", g, ng))
+    check = match_check(con, search, PROTOCOL["ppl_matched_tolerance"]) if "ppl_matched_neg" in groups else None
+    claims = decide(build_claims(con, items, groups, check), PROTOCOL["alpha"])
+    exploratory = {}
+    for t in ("blimp", "tse"):
+        if t in items.get("wn_neg", {}):
+            rows = con.per_stratum(t, "margin", "baseline", "wn_neg")
+            exploratory[t] = {"comparisons": len(rows), "note": "exploratory: unadjusted 95% CIs, one per stratum; "
+                              "expect about 5% of them to exclude 0 by chance", "wn_neg_minus_baseline_margin": rows}
+    return {"format": "negdiff.ablation/2", "protocol": PROTOCOL, "order": order, "groups": groups, "value": value,
+            "delta": delta, "claims": claims, "ppl_matched": {k: v for k, v in search.items() if k != "neurons"},
+            "ppl_matched_check": check, "exploratory": exploratory,
             "dose": {"rows": dose, "ppl_doubles_at": _doubling(dose)},
             "set_sizes": {c.name: c.neurons.size for c in conditions}}
 
 
-def _claims(delta, tests, items, groups, nb: int, sd: int) -> list[dict[str, Any]]:
-    """The paper's claims, each with the cell that decides it and the verdict that cell implies."""
-    out = []
+def _readouts(items: dict, task: str) -> list[str]:
+    from negdiff.contrasts import readouts_of
 
-    def add(claim: str, cell: dict | None, sign: int, rule: str) -> None:
-        out.append({"claim": claim, "verdict": verdict(cell, sign) if cell else "not run", "evidence": cell, "rule": rule})
+    return readouts_of(task, items["baseline"][task])
 
-    add("zeroing the WN's negative pre-activations raises perplexity", delta.get("wn_neg", {}).get("perplexity"), +1,
-        "CI of ppl(wn_neg) - ppl(baseline) above 0")
+
+def _cell(iv) -> dict[str, Any]:
+    out = {"diff": iv.estimate, "n": iv.n, "units": iv.units, "method": iv.method, "interval": iv.to_dict()}
+    if iv.ci is not None:
+        out.update(ci_low=iv.ci[0], ci_high=iv.ci[1])
+    return out
+
+
+def build_claims(con: Contrasts, items: dict, groups: dict[str, list[str]], check: dict | None) -> list[Claim]:
+    """The paper's claims as one fixed family of directional claims (see docs/protocol.md)."""
+    def has(group: str, task: str) -> bool:
+        return group in groups and all(task in items.get(c, {}) for c in groups[group])
+
+    def iv(task: str, readout: str, a: str, b: str):
+        return con.interval(task, readout, a, b) if has(a, task) and has(b, task) else None
+
+    out = [Claim("ppl", "zeroing the WN's negative pre-activations raises perplexity", +1,
+                 "perplexity: mean NLL per window, wn_neg - baseline", iv("perplexity", "nll", "baseline", "wn_neg"),
+                 MARGIN["nll"], "nats")]
+    gate = (check or {}).get("gate") if check else "no perplexity-matched control was run"
     for control in ("random_neg", "ppl_matched_neg"):
         for task in ("blimp", "tse"):
-            cell = tests.get(control, {}).get("wn_minus_control", {}).get(task)
-            add(f"wn_neg hurts {task.upper()} more than {control}", cell, -1, f"CI of acc(wn_neg) - acc({control}) below 0")
-    ng = [t for t in NONGRAM if t in items.get("wn_neg", {}) and t in items.get("ppl_matched_neg", {})]
-    cell = None
-    if ng:
-        p, d, n = _mean_error(items, ["wn_neg"], ["ppl_matched_neg"], ng, nb, sd)
-        cell = _cell(p, d, n)
-    add("ppl_matched_neg hurts the non-grammatical suite more than wn_neg (double dissociation)", cell, +1,
-        "CI of mean error(ppl_matched_neg) - mean error(wn_neg) above 0")
+            out.append(Claim(f"{task}_vs_{control}", f"wn_neg hurts {task.upper()} more than {control}", -1,
+                             f"{task}: margin change, wn_neg - {control}", iv(task, "margin", control, "wn_neg"),
+                             MARGIN[f"{task}_margin"], "nats", also=_also(iv(task, "acc", control, "wn_neg")),
+                             gate=gate if control == "ppl_matched_neg" else None))
+    ng = [t for t in NONGRAM if has("wn_neg", t) and has("ppl_matched_neg", t)]
+    syntax = Claim("dd_syntax", "syntax half: wn_neg hurts BLiMP more than ppl_matched_neg", -1,
+                   "blimp: margin change, wn_neg - ppl_matched_neg", iv("blimp", "margin", "ppl_matched_neg", "wn_neg"),
+                   MARGIN["blimp_margin"], "nats")
+    other = Claim("dd_nongram", "non-grammatical half: ppl_matched_neg raises the mean error more than wn_neg", +1,
+                  "mean error over the 8 benchmarks, ppl_matched_neg - wn_neg",
+                  con.mean_error("wn_neg", "ppl_matched_neg", ng) if ng else None, MARGIN["mean_error"], "error (fraction)")
+    out.append(Claim("double_dissociation", "double dissociation: wn_neg hurts syntax more, ppl_matched_neg hurts the "
+                     "non-grammatical suite more (both halves needed)", +1, "both halves (intersection-union)",
+                     halves=[syntax, other], gate=gate if ng else "the non-grammatical suite was not run"))
     for task in ("blimp", "tse"):
-        c = None
-        if "wn_abs_neg" in items and "wn_identity_pos" in items and task in items["wn_abs_neg"]:
-            c = _cell(*compare(items, ["wn_identity_pos"], ["wn_abs_neg"], task, nb, sd)[:2], len(items["wn_abs_neg"][task]))
-        add(f"the sign matters more than the magnitude ({task.upper()}: flipping negative outputs hurts more than "
-            "making positive inputs linear)", c, -1, "CI of acc(wn_abs_neg) - acc(wn_identity_pos) below 0")
+        out.append(Claim(f"sign_vs_magnitude_{task}", f"the sign matters more than the magnitude ({task.upper()}: "
+                         "flipping negative outputs hurts more than making positive inputs linear)", -1,
+                         f"{task}: margin change, wn_abs_neg - wn_identity_pos",
+                         iv(task, "margin", "wn_identity_pos", "wn_abs_neg"), MARGIN[f"{task}_margin"], "nats",
+                         also=_also(iv(task, "acc", "wn_identity_pos", "wn_abs_neg"))))
     return out
+
+
+def _also(acc) -> dict:
+    return {"acc": acc} if acc is not None else {}
 
 
 def _doubling(dose: list[dict]) -> float | None:
@@ -182,43 +183,91 @@ def _doubling(dose: list[dict]) -> float | None:
     return None
 
 
-def _fmt(v: dict | None, d: dict | None, pct: bool) -> str:
+def _fmt(v: dict | None, d: dict | None, kind: str) -> str:
+    """value (Δ [CI]); perplexity shows Δppl with the CI transformed from the per-window NLL interval."""
     if v is None:
         return "-"
+    pct = kind == "pct"
     scale = 100 if pct else 1
-    text = f"{scale * v['value']:.1f}" if pct else f"{v['value']:.2f}"
+    text = f"{scale * v['value']:.1f}" if pct else f"{v['value']:.2f}" if kind == "ppl" else f"{v['value']:+.3f}"
     if "sd" in v:
-        text += f" ± {scale * v['sd']:.1f}" if pct else f" ± {v['sd']:.2f}"
+        text += f" ± {scale * v['sd']:.1f}" if pct else f" ± {v['sd']:.2f}" if kind == "ppl" else f" ± {v['sd']:.3f}"
     if d is not None:
-        text += f" ({scale * d['diff']:+.1f} [{scale * d['ci_low']:+.1f}, {scale * d['ci_high']:+.1f}])" if pct else \
-            f" ({d['diff']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}])"
+        f = (lambda x: f"{scale * x:+.1f}") if pct else (lambda x: f"{x:+.2f}") if kind == "ppl" else (lambda x: f"{x:+.3f}")
+        ci = f" [{f(d['ci_low'])}, {f(d['ci_high'])}]" if "ci_low" in d else f" [n = {d['n']} {d.get('units', '')}: too small]"
+        text += f" ({f(d['diff'])}{ci})"
     return text
 
 
+COLUMNS = {"perplexity": ("PPL", "ppl"), "blimp:margin": ("BLiMP margin (nats)", "num"), "blimp": ("BLiMP acc %", "pct"),
+           "tse:margin": ("TSE margin (nats/token)", "num"), "tse": ("TSE acc %", "pct"),
+           "nongrammatical_mean_error": ("non-gram. mean err %", "pct")}
+
+
 def table_markdown(record: dict[str, Any]) -> str:
-    """The paper-style table: conditions x (perplexity, BLiMP, TSE, mean non-grammatical error, each task)."""
-    cols = ["perplexity", "blimp", "tse", "nongrammatical_mean_error", *NONGRAM]
+    """The paper-style table: conditions x (perplexity, BLiMP/TSE margin and accuracy, mean error, each benchmark)."""
+    cols = [*COLUMNS, *NONGRAM]
     cols = [c for c in cols if any(c in record["value"][g] for g in record["order"])]
-    names = {"perplexity": "PPL", "blimp": "BLiMP acc %", "tse": "TSE acc %", "nongrammatical_mean_error": "non-gram. mean err %"}
-    head = "| condition | n neurons | " + " | ".join(names.get(c, c + " acc %") for c in cols) + " |"
+    head = "| condition | n neurons | " + " | ".join(COLUMNS.get(c, (c + " acc %",))[0] for c in cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 2)]
     for g in record["order"]:
         size = record["set_sizes"].get(g) or record["set_sizes"].get(record["groups"][g][0], 0)
         label = g if g != "ppl_matched_neg" else f"ppl_matched_neg (m = {100 * record['ppl_matched']['m']:.1f}%)"
-        cells = [_fmt(record["value"][g].get(c), record["delta"].get(g, {}).get(c), c != "perplexity") for c in cols]
+        if g == "random_neg":
+            label = f"random_neg ({len(record['groups'][g])} sets)"
+        cells = [_fmt(record["value"][g].get(c), record["delta"].get(g, {}).get(c), COLUMNS.get(c, ("", "pct"))[1])
+                 for c in cols]
         lines.append(f"| {label} | {size} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Cells: value (difference to baseline [95% paired bootstrap CI]); random_neg: mean ± sd over seeds.")
+    lines.append("Cells: value (difference to baseline [95% CI, unadjusted]). Perplexity: t-interval on per-window "
+                 "NLL differences, shown as Δppl; items: stratified paired bootstrap; random_neg: mean ± sd over sets, "
+                 "its CI includes the between-set variance.")
     return "\n".join(lines)
+
+
+def claim_lines(claims: list[dict[str, Any]]) -> list[str]:
+    """One line per claim: verdict, deciding estimate with unadjusted CI, adjusted p, MDE, the other read-out."""
+    out = []
+    for c in claims:
+        line = f"- {c['verdict'].upper()}: {c['claim']}"
+        if c.get("estimate") is not None and c.get("ci"):
+            line += (f" [{c['readout']}: {c['estimate']:+.4g} {c['unit']}, 95% CI (unadjusted) "
+                     f"[{c['ci'][0]:+.4g}, {c['ci'][1]:+.4g}], n = {c['n']} {c['units']}")
+            if c.get("p_adjusted") is not None:
+                line += f", Holm p = {c['p_adjusted']:.3g}"
+            if c.get("mde") is not None:
+                line += f", MDE(80%) = {c['mde']:.3g}"
+            line += "]"
+        elif c.get("estimate") is not None:
+            line += f" [{c['readout']}: {c['estimate']:+.4g} {c['unit']}, n = {c['n']} {c['units']}: n too small]"
+        for h in c.get("halves", []):
+            if h.get("ci"):
+                line += f"; {h['id']}: {h['estimate']:+.4g} [{h['ci'][0]:+.4g}, {h['ci'][1]:+.4g}] p1 = {h['p_one_sided']:.3g}"
+        if c.get("p_adjusted") is not None and c.get("halves"):
+            line += f"; Holm p = {c['p_adjusted']:.3g}"
+        for name, a in (c.get("also") or {}).items():
+            if a.get("ci"):
+                line += f"; {name}: {100 * a['estimate']:+.1f} pts [{100 * a['ci'][0]:+.1f}, {100 * a['ci'][1]:+.1f}]"
+        if c.get("readouts_disagree_in_sign"):
+            line += " (read-outs disagree in sign)"
+        if c.get("ruled_out"):
+            line += f"; rules out {c['ruled_out']}"
+        if c.get("gate"):
+            line += f"; {c['gate']}"
+        out.append(line)
+    return out
 
 
 def table_lines(record: dict[str, Any]) -> list[str]:
     """The table and the verdicts, for the terminal."""
-    out = [table_markdown(record), "", "Claims of the paper, on this model:"]
-    for c in record["claims"]:
-        e = c["evidence"]
-        ci = f" (diff {e['diff']:+.4f}, 95% CI [{e['ci_low']:+.4f}, {e['ci_high']:+.4f}], n={e['n']})" if e else ""
-        out.append(f"- {c['verdict'].upper()}: {c['claim']}{ci}")
+    out = [table_markdown(record), "", f"Claims of the paper, on this model ({len(record['claims'])} claims, one family, "
+           f"Holm at alpha = {record['protocol']['alpha']}):", *claim_lines(record["claims"])]
+    chk = record.get("ppl_matched_check")
+    if chk:
+        mm = chk["mismatch"]
+        ci = f" [{100 * mm['ci'][0]:+.1f}, {100 * mm['ci'][1]:+.1f}]" if mm.get("ci") else " (n too small)"
+        out.append(f"ppl-matched control on the reported windows: mismatch {100 * mm['estimate']:+.1f}%{ci} "
+                   f"(tolerance +-{100 * chk['tolerance']:.0f}%){'; ' + chk['gate'] if chk.get('gate') else ''}")
     dd = record["dose"]["ppl_doubles_at"]
     if record["dose"]["rows"]:
         out.append(f"Dose response: perplexity doubles at p = {100 * dd:.2f}% per layer" if dd else

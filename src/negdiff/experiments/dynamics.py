@@ -25,29 +25,32 @@ import numpy as np
 import pandas as pd
 import torch
 
+from negdiff.bootstrap import N_BOOT, Interval, too_small
+from negdiff.contrasts import Contrasts, ppl_cell
 from negdiff.errors import NegdiffError
-from negdiff.experiments.ablate import AblateConfig, Condition, run_condition
-from negdiff.experiments.ablate_stats import compare
+from negdiff.experiments.ablate import MIN_CALIB_WINDOWS, AblateConfig, Condition, run_condition
 from negdiff.experiments.dynamics_spec import SHORTHANDS, Checkpoint, parse_spec
 from negdiff.experiments.dynamics_stats import (
+    DESCRIPTIVE,
     change_summary,
     overlap_columns,
-    spearman_boot,
+    spearman_descriptive,
     wd_summary,
     weight_change_table,
 )
 from negdiff.experiments.scan import ScanConfig, run_scan
-from negdiff.inference import percentile_ci
 from negdiff.models import LoadedModel, load_model, resolve_device, resolve_dtype
 from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
 from negdiff.results import config_key, read_json, versions, write_json, write_parquet
-from negdiff.select import random_like, select_wasserstein
+from negdiff.select import CLI_CRITERIA, random_like, select_wasserstein
 
 __all__ = ["SHORTHANDS", "Checkpoint", "DynamicsConfig", "parse_spec", "register", "run_dynamics"]
 
-FORMAT = "negdiff.dynamics/1"
+FORMAT = "negdiff.dynamics/2"
 TASK_METRIC = {"perplexity": "ppl", "blimp": "acc", "tse": "acc"}
+#: The per-item read-out each task's delta is computed on (perplexity: per-window NLL, shown as Δppl).
+TASK_READOUT = {"perplexity": "nll", "blimp": "acc", "tse": "acc"}
 
 
 @dataclass
@@ -64,10 +67,11 @@ class DynamicsConfig:
     tasks: tuple[str, ...] = ("perplexity", "blimp", "tse")
     blimp_limit: int | None = 20
     tse_limit: int | None = 30
-    ppl_tokens: int | None = 16_384
+    ppl_tokens: int | None = 20_480  # 10 windows of 2048: the fewest a perplexity interval is given for
+    ppl_window: int = 2048  # capped at the model's length (train-mini: 256, so more windows)
     seeds: int = 2
     seed: int = 0
-    n_boot: int = 1000
+    n_boot: int = N_BOOT
     batch_tokens: int | None = None
 
     def __post_init__(self) -> None:
@@ -76,6 +80,7 @@ class DynamicsConfig:
             raise NegdiffError(f"--tasks: dynamics scores {', '.join(TASK_METRIC)}; got {', '.join(bad) or 'none'}")
         if self.seeds < 1:
             raise NegdiffError(f"--seeds must be at least 1, got {self.seeds}")
+        self.ablate_config()  # ablate's checks of the sizes (>= 10 perplexity windows, n_boot), before any model work
 
     def scan_config(self) -> ScanConfig:
         return ScanConfig(corpus=self.corpus, tokens=self.tokens, window=self.window, md_pairs=self.md_pairs,
@@ -85,8 +90,9 @@ class DynamicsConfig:
     def ablate_config(self) -> AblateConfig:
         return AblateConfig(tasks=self.tasks, criterion=self.criterion, scope=self.scope, fraction=self.fraction,
                             seeds=self.seeds, blimp_limit=self.blimp_limit, tse_limit=self.tse_limit,
-                            ppl_tokens=self.ppl_tokens, seed=self.seed, n_boot=self.n_boot,
-                            batch_tokens=self.batch_tokens, dose_fractions=())
+                            ppl_tokens=self.ppl_tokens, ppl_window=self.ppl_window, seed=self.seed,
+                            n_boot=self.n_boot, batch_tokens=self.batch_tokens, dose_fractions=(),
+                            calib_tokens=MIN_CALIB_WINDOWS * self.ppl_window)  # no calibration here
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "tasks": list(self.tasks)}
@@ -140,7 +146,7 @@ def _ablate(run: _Run, loaded: LoadedModel, folder: Path, reid: NeuronSet) -> di
         results["reid_neg"] = results["cohort_neg"]
     groups = {"baseline": ["baseline"], "cohort_neg": ["cohort_neg"], "reid_neg": ["reid_neg"],
               "random_neg": [f"random_neg_s{k}" for k in range(len(run.randoms))]}
-    items = {name: r["items"] for name, r in results.items()}
+    con = Contrasts({name: r["items"] for name, r in results.items()}, groups, n_boot=acfg.n_boot, seed=acfg.seed)
     out: dict[str, Any] = {"reid_equals_cohort": same, "n_reid": reid.size,
                            "seconds_ablation": sum(r.get("seconds") or 0.0 for r in results.values())}
     for g, names in groups.items():
@@ -148,10 +154,32 @@ def _ablate(run: _Run, loaded: LoadedModel, folder: Path, reid: NeuronSet) -> di
             out[f"{task}_{g}"] = float(np.mean([results[n]["tasks"][task]["metrics"][TASK_METRIC[task]]["value"]
                                                 for n in names]))
             if g != "baseline":
-                point, draws, _ = compare(items, ["baseline"], names, task, acfg.n_boot, acfg.seed)
-                lo, hi = percentile_ci(draws)
-                out.update({f"d_{task}_{g}": point, f"d_{task}_{g}_lo": lo, f"d_{task}_{g}_hi": hi})
+                out.update(delta_columns(con, task, g, len(names) if g == "random_neg" else None))
     return out
+
+
+def delta_columns(con: Contrasts, task: str, group: str, k_sets: int | None) -> dict[str, Any]:
+    """``d_<task>_<group>`` (Δppl, or Δaccuracy as a fraction) and its 95% CI, NaN where there is none.
+
+    Perplexity: t-interval on per-window NLL differences, transformed to Δppl. Items: paired bootstrap.
+    A random control of K >= 2 sets carries its between-set variance; from K = 1 set that variance
+    cannot be estimated, so the contrast gets its point estimate and "n too small", not a CI that
+    pretends the one set drawn is the control.
+    """
+    readout = TASK_READOUT[task]
+    if k_sets is not None and k_sets < 2:
+        est = con.parts(task, readout, "baseline", group)["estimate"]
+        iv: Interval = too_small(est, k_sets, "random sets", "between-set variance not estimable from K = 1 set")
+    else:
+        iv = con.interval(task, readout, "baseline", group)
+    col = f"d_{task}_{group}"
+    if task == "perplexity":
+        cell = ppl_cell(iv, con.value("baseline", task, readout)["value"])
+        d, lo, hi = cell["diff"], cell.get("ci_low", float("nan")), cell.get("ci_high", float("nan"))
+    else:
+        d, (lo, hi) = iv.estimate, iv.ci if iv.ci is not None else (float("nan"), float("nan"))
+    return {col: d, f"{col}_lo": lo, f"{col}_hi": hi, f"{col}_n": iv.n, f"{col}_units": iv.units,
+            f"{col}_method": iv.method}
 
 
 def _process(run: _Run, ck: Checkpoint, loaded: LoadedModel, prev: Checkpoint | None,
@@ -258,9 +286,9 @@ def run_dynamics(ckpts: list[Checkpoint], cfg: DynamicsConfig, out: str | Path, 
     corr = {}
     for name, target in (("tse", "tse_baseline"), ("blimp", "blimp_baseline")):
         if target in ok:
-            corr[f"wd_cohort_median_vs_{name}"] = spearman_boot(ok.wd_cohort_q50, ok[target], 2000, cfg.seed)
+            corr[f"wd_cohort_median_vs_{name}"] = spearman_descriptive(ok.wd_cohort_q50, ok[target])
     if "d_tse_cohort_neg" in ok:  # harm = accuracy lost when the cohort is negative-zeroed
-        corr["wd_cohort_median_vs_tse_harm"] = spearman_boot(ok.wd_cohort_q50, -ok.d_tse_cohort_neg, 2000, cfg.seed)
+        corr["wd_cohort_median_vs_tse_harm"] = spearman_descriptive(ok.wd_cohort_q50, -ok.d_tse_cohort_neg)
     record: dict[str, Any] = {
         "format": FORMAT, "spec": spec, "config": cfg.to_dict(), "dtype": dtype, "device": device,
         "checkpoints": [{"label": c.label, "step": c.step, "name": c.name,
@@ -270,7 +298,8 @@ def run_dynamics(ckpts: list[Checkpoint], cfg: DynamicsConfig, out: str | Path, 
         "missing": [c.name for c in ckpts if c.label not in summaries],
         "final": final.name, "model": summaries.get(final.label, {}).get("model"),
         "cohort": {"file": "cohort.json", "n": cohort.size, "per_layer": cohort.counts(), "rule": cohort.rule},
-        "random_controls": [r.rule for r in run.randoms], "correlations": corr, "table": "dynamics.parquet",
+        "random_controls": [r.rule for r in run.randoms], "correlations": corr, "correlations_note": DESCRIPTIVE,
+        "table": "dynamics.parquet",
         "timing": {"seconds": time.time() - t0, "per_checkpoint": {k: v.get("seconds") for k, v in summaries.items()}},
         "versions": versions(),
     }
@@ -288,7 +317,8 @@ def _cmd_dynamics(args) -> int:
               for k, v in (("blimp_limit", args.blimp_limit), ("tse_limit", args.tse_limit), ("ppl_tokens", args.ppl_tokens))}
     cfg = DynamicsConfig(corpus=args.corpus, tokens=args.tokens, fraction=args.fraction, scope=args.scope,
                          criterion=args.criterion, tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
-                         seeds=args.seeds, seed=args.seed, n_boot=args.n_boot, batch_tokens=args.batch_tokens, **limits)
+                         seeds=args.seeds, seed=args.seed, n_boot=args.n_boot, batch_tokens=args.batch_tokens,
+                         ppl_window=args.ppl_window, **limits)
     record = run_dynamics(ckpts, cfg, args.out, dtype=args.dtype, device=args.device, force=args.force,
                           spec=args.checkpoints)
     print("\n".join(record["summary_lines"]))
@@ -312,14 +342,17 @@ def register(sub) -> None:
     p.add_argument("--tokens", type=int, default=d.tokens, help="scan tokens per checkpoint (default %(default)s)")
     p.add_argument("--fraction", type=float, default=d.fraction, help="WN fraction (default 0.01)")
     p.add_argument("--scope", choices=("per_layer", "global"), default=d.scope)
-    p.add_argument("--criterion", choices=("wd", "wd_neg", "md", "kurtosis"), default=d.criterion)
+    p.add_argument("--criterion", choices=CLI_CRITERIA, default=d.criterion)
     p.add_argument("--tasks", default=",".join(d.tasks), help="subset of perplexity,blimp,tse (default all three)")
     p.add_argument("--blimp-limit", dest="blimp_limit", type=int, help=f"pairs per paradigm (default {d.blimp_limit}; 0 = all)")
     p.add_argument("--tse-limit", dest="tse_limit", type=int, help=f"pairs per TSE task (default {d.tse_limit}; 0 = all)")
     p.add_argument("--ppl-tokens", dest="ppl_tokens", type=int, help=f"perplexity tokens (default {d.ppl_tokens}; 0 = all)")
-    p.add_argument("--seeds", type=int, default=d.seeds, help="random control sets (default %(default)s)")
+    p.add_argument("--ppl-window", dest="ppl_window", type=int, default=d.ppl_window,
+                   help="tokens per perplexity window (default %(default)s; >= 10 windows are required)")
+    p.add_argument("--seeds", type=int, default=d.seeds,
+                   help="random control sets (default %(default)s; 1 set gives no interval for random_neg)")
     p.add_argument("--seed", type=int, default=d.seed, help="scan, subsample and bootstrap seed")
-    p.add_argument("--n-boot", dest="n_boot", type=int, default=d.n_boot, help="bootstrap replicates")
+    p.add_argument("--n-boot", dest="n_boot", type=int, default=d.n_boot, help="bootstrap replicates (default %(default)s)")
     p.add_argument("--batch-tokens", dest="batch_tokens", type=int, default=None, help="padded tokens per forward pass")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")

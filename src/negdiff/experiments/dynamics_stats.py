@@ -1,4 +1,4 @@
-"""The arithmetic of ``negdiff dynamics``: set overlap, weight change, WD quantiles, and the correlation.
+"""The arithmetic of ``negdiff dynamics``: set overlap, weight change, WD quantiles, and the (descriptive) correlation.
 
 Pure functions of tensors, tables and seeds, so each is checked by hand in the tests and every number
 of dynamics.json can be recomputed from the per-checkpoint files alone.
@@ -14,7 +14,6 @@ import pandas as pd
 import torch
 from scipy import stats as sstats
 
-from negdiff.inference import percentile_ci
 from negdiff.neuronset import NeuronSet
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -92,32 +91,25 @@ def change_summary(change: pd.DataFrame, cohort: NeuronSet, randoms: Sequence[Ne
     return out
 
 
-def spearman_boot(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, seed: int = 0,
-                  alpha: float = 0.05) -> dict[str, Any]:
-    """Spearman's rho of paired values, with a percentile bootstrap CI over the pairs (checkpoints).
+#: What a correlation over checkpoints is, said wherever one is shown.
+DESCRIPTIVE = "descriptive: checkpoints are a time series, not independent samples; no CI"
 
-    Pairs with a NaN are dropped. Resamples in which either side is constant have no rank correlation
-    and are skipped; ``n_boot_used`` says how many remained. Fewer than 3 pairs: everything NaN.
+
+def spearman_descriptive(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    """Spearman's rho of paired values over checkpoints, as a description only.
+
+    Checkpoints of one training run are a time series: neighbours share most of their weights and both
+    WD and accuracy trend with the step, so rho is largely a statement that both moved monotonically.
+    A bootstrap over checkpoints or spearmanr's p-value would treat them as independent draws and
+    claim a precision the data do not have, so neither is given. Pairs with a NaN are dropped; fewer
+    than 3 pairs, or a constant side: rho is NaN.
     """
     xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     ok = ~(np.isnan(xa) | np.isnan(ya))
     xa, ya = xa[ok], ya[ok]
-    n = len(xa)
-    out: dict[str, Any] = {"rho": float("nan"), "p_value": float("nan"), "ci_low": float("nan"),
-                           "ci_high": float("nan"), "n": int(n), "n_boot": int(n_boot), "n_boot_used": 0}
-    if n < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
-        return out
-    res = sstats.spearmanr(xa, ya)
-    out.update(rho=float(res.statistic), p_value=float(res.pvalue))
-    rng = np.random.default_rng(seed)
-    draws = []
-    for idx in rng.integers(0, n, size=(n_boot, n)):
-        xs, ys = xa[idx], ya[idx]
-        if np.ptp(xs) > 0 and np.ptp(ys) > 0:
-            draws.append(sstats.spearmanr(xs, ys).statistic)
-    if draws:
-        lo, hi = percentile_ci(np.asarray(draws, dtype=np.float64), alpha)
-        out.update(ci_low=lo, ci_high=hi, n_boot_used=len(draws))
+    out: dict[str, Any] = {"rho": float("nan"), "n": int(len(xa)), "kind": "descriptive", "note": DESCRIPTIVE}
+    if len(xa) >= 3 and np.ptp(xa) > 0 and np.ptp(ya) > 0:
+        out["rho"] = float(sstats.spearmanr(xa, ya).statistic)
     return out
 
 

@@ -4,9 +4,13 @@ The paper splits Llama's 32 layers into 8 groups of 4 consecutive layers, negati
 group at a time and of groups 1..k cumulatively, and finds early groups hurt most and errors growing
 with depth in a few phenomena. negdiff runs, on the same items: the baseline; the WN of each single
 group; groups 1..k from the bottom and n-k+1..n from the top, for every k. Each condition goes through
-:func:`negdiff.experiments.ablate.run_condition` (evaluated once, cached under its key, so a rerun
-resumes), and the read-outs are perplexity, BLiMP overall and per linguistics_term, TSE overall, per
-group and per task, as deltas to baseline with paired bootstrap CIs (:mod:`.layers_stats`).
+:func:`run_condition` (ablate's layout: evaluated once, cached under its key, so a rerun resumes),
+and the read-outs are perplexity, BLiMP overall and per linguistics_term, TSE overall, per group and
+per task (accuracy and the continuous margin), as paired deltas to baseline: a t-interval on
+per-window NLL differences for perplexity, a stratified paired bootstrap for items, and no interval at
+all below 10 windows or items (:mod:`.layers_stats`). Perplexity windows are ``ppl_window`` tokens
+(default 512, not the paper's 2048) so that the default 6144 tokens give 12 windows: a t-interval on
+3 windows of 2048 would be honest but uselessly wide, and a bootstrap on them would under-cover.
 
 Group rule (``layer_groups``): by default 8 groups of consecutive layers whose sizes differ by at most
 one, the larger groups first (``numpy.array_split``): 32 layers -> 8 x 4 (the paper's), 30 -> 4,4,4,4,
@@ -23,20 +27,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from negdiff import results
+from negdiff.bootstrap import MIN_UNITS, N_BOOT
+from negdiff.bos import BOS_POLICIES
 from negdiff.errors import NegdiffError
+from negdiff.evaluate import evaluate, write_results
 from negdiff.experiments import layers_stats
-from negdiff.experiments.ablate import AblateConfig, Condition, run_condition
+from negdiff.experiments.ablate import Condition
 from negdiff.experiments.scan import load_wn as scan_wn
 from negdiff.experiments.scan import wn_path
-from negdiff.hooks import POST_MODES, PRE_MODES
+from negdiff.hooks import POST_MODES, PRE_MODES, intervene
 from negdiff.models import LoadedModel
 from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
+from negdiff.scoring import ScoringConfig
 from negdiff.tasks import expand_tasks
+from negdiff.tasks_core import EvalConfig
 
-FORMAT = "negdiff.layers/1"
+FORMAT = "negdiff.layers/2"
 N_GROUPS = 8
 
 
@@ -51,8 +61,9 @@ class LayersConfig:
     blimp_limit: int | None = 10  # pairs per paradigm (67 paradigms)
     tse_limit: int | None = 10  # pairs per task (22 tasks)
     nongram_limit: int | None = 50  # items per benchmark, if any is asked for
-    ppl_tokens: int | None = 6144  # a seeded subset of WikiText-2 valid windows (3 of 2048)
-    n_boot: int = 1000
+    ppl_tokens: int | None = 6144  # a seeded subset of WikiText-2 valid windows: 12 windows of 512
+    ppl_window: int = 512  # tokens per perplexity window (capped at the model's length); >= 10 windows for a CI
+    n_boot: int = N_BOOT
     seed: int = 0
     batch_tokens: int | None = None
     bos: str = "prefix"
@@ -64,12 +75,23 @@ class LayersConfig:
                           ("--ppl-tokens", self.ppl_tokens), ("--n-boot", self.n_boot)):
             if val is not None and val < 1:
                 raise NegdiffError(f"{name} must be at least 1, got {val}")
+        if self.ppl_window < 16:  # as ablate's
+            raise NegdiffError(f"--ppl-window must be >= 16 tokens, got {self.ppl_window}")
 
-    def ablate_config(self) -> AblateConfig:
-        """The AblateConfig that run_condition reads its task sizes from."""
-        return AblateConfig(tasks=self.tasks, blimp_limit=self.blimp_limit, tse_limit=self.tse_limit,
-                            nongram_limit=self.nongram_limit, ppl_tokens=self.ppl_tokens, seed=self.seed,
-                            n_boot=self.n_boot, batch_tokens=self.batch_tokens, bos=self.bos)
+    def eval_config(self, task: str) -> EvalConfig:
+        """The EvalConfig of one task: each task family its own subsample size, perplexity this run's window.
+
+        Built here rather than through AblateConfig, which refuses fewer than 10 perplexity windows: a
+        cheap layers run may have fewer, and then its perplexity deltas say "n too small" instead.
+        """
+        limit = {"blimp": self.blimp_limit, "tse": self.tse_limit, "perplexity": None}.get(task, self.nongram_limit)
+        return EvalConfig(scoring=ScoringConfig(bos=self.bos, max_batch_tokens=self.batch_tokens), limit=limit,
+                          seed=self.seed, n_boot=min(self.n_boot, 1000), ppl_window=self.ppl_window,
+                          max_tokens=self.ppl_tokens if task == "perplexity" else None)
+
+    def expected_windows(self) -> int | None:
+        """Perplexity windows the run asks for (fewer if the model's length caps the window; None = all)."""
+        return None if self.ppl_tokens is None else self.ppl_tokens // self.ppl_window
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +147,58 @@ def group_records(groups: list[list[int]], wn: NeuronSet) -> list[dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------- runner
+def _key_config(cfg: LayersConfig, task: str) -> dict[str, Any]:
+    """An EvalConfig as a resume key, without the batch budget and context sharing (scores do not depend on them)."""
+    out = cfg.eval_config(task).to_dict()
+    out["scoring"] = {k: v for k, v in out["scoring"].items() if k not in ("max_batch_tokens", "share_context")}
+    return out
+
+
+def run_condition(loaded: LoadedModel, cond: Condition, cfg: LayersConfig, out: Path, key: str,
+                  force: bool) -> dict[str, Any]:
+    """Evaluate one condition (or reuse its finished results); returns results with item tables.
+
+    The layout and resume rule of :func:`negdiff.experiments.ablate.run_condition`, with this run's
+    EvalConfig (its perplexity window is part of the key, so a changed window re-evaluates).
+    """
+    folder = out / "conditions" / cond.name
+    ckey = results.config_key({"base": key, "cond": cond.describe(), "cfg": [_key_config(cfg, t) for t in cond.tasks]})
+    if not force and (folder / "results.json").is_file():
+        rec = results.read_json(folder / "results.json")
+        if rec.get("key") == ckey:
+            rec["items"] = {t: pd.read_parquet(folder / f) for t, f in rec["item_files"].items()}
+            return rec
+    status(f"condition {cond.name}: {cond.mode} on {cond.neurons.size} neurons; tasks {', '.join(cond.tasks)}")
+    cond.neurons.to_json(out / "sets" / f"{cond.name}.json")
+    t0 = time.perf_counter()
+    merged: dict[str, Any] = {"tasks": {}, "aggregates": {}, "items": {}}
+    with intervene(loaded.model, cond.neurons, cond.mode, sites=loaded.sites):
+        for task in cond.tasks:
+            res = evaluate((loaded.model, loaded.tokenizer), [task], config=cfg.eval_config(task),
+                           condition=cond.describe())
+            merged["tasks"].update(res["tasks"])
+            merged["items"].update(res["items"])
+            for k in ("format", "model", "condition", "versions"):
+                merged[k] = res[k]
+    merged["model"] = loaded.info.to_dict()
+    merged["seconds"] = time.perf_counter() - t0
+    write_results(folder, merged, {"key": ckey})
+    return merged
+
+
+def perplexity_windows(cfg: LayersConfig, base: dict[str, Any]) -> dict[str, Any] | None:
+    """The declared and the used perplexity windows, and whether they are enough for an interval."""
+    task = base.get("tasks", {}).get("perplexity")
+    if task is None:
+        return None
+    used = task.get("config", {})
+    n = used.get("n_windows")
+    return {"ppl_window": cfg.ppl_window, "ppl_tokens": cfg.ppl_tokens, "expected_windows": cfg.expected_windows(),
+            "window": used.get("window"), "n_windows": n, "min_windows_for_ci": MIN_UNITS,
+            "note": None if n is None or n >= MIN_UNITS else
+            f"{n} windows: perplexity deltas are point estimates only (n too small, < {MIN_UNITS})"}
+
+
 def load_wn(loaded: LoadedModel, scan_dir: Path) -> tuple[NeuronSet, dict]:
     wn = scan_wn(loaded, scan_dir)
     return wn, results.read_json(scan_dir / "scan.json") if (scan_dir / "scan.json").is_file() else {}
@@ -140,7 +214,6 @@ def run_layers(loaded: LoadedModel, scan_dir: str | Path, cfg: LayersConfig, out
     n_layers = len(loaded.sites)
     groups = layer_groups(n_layers, cfg.group_size)
     tasks = expand_tasks(list(cfg.tasks))
-    acfg = cfg.ablate_config()
     info = loaded.info.to_dict()
     key = results.config_key({"model": {k: info[k] for k in ("spec", "revision", "weights_hash", "dtype")},
                               "scan": scan.get("key"), "wn": wn.to_dict()})
@@ -150,23 +223,27 @@ def run_layers(loaded: LoadedModel, scan_dir: str | Path, cfg: LayersConfig, out
     for k, cond in enumerate(conds, 1):
         status(f"layers [{k}/{len(conds)}] {cond.name}: {cond.neurons.size} WN in layers "
                f"{cond.neurons.layers[0] if cond.neurons.size else '-'}..{cond.neurons.layers[-1] if cond.neurons.size else '-'}")
-        res[cond.name] = run_condition(loaded, cond, acfg, out, key, force)
+        res[cond.name] = run_condition(loaded, cond, cfg, out, key, force)
         seconds[cond.name] = res[cond.name].get("seconds")
     items = {name: r["items"] for name, r in res.items()}
     names = [c.name for c in conds if c.name != "baseline"]
-    deltas, draws = layers_stats.delta_table(items, names, cfg.n_boot, cfg.seed)
     spans = plan_spans(len(groups))
+    singles, everything = [span_name(i, i) for i in range(len(groups))], span_name(0, len(groups) - 1)
+    deltas, additivity = layers_stats.delta_table(items, names, cfg.n_boot, cfg.seed, singles, everything)
     record: dict[str, Any] = {
         "format": FORMAT, "key": key, "model": info, "config": cfg.to_dict(), "tasks": tasks,
         "scan": {"dir": str(scan_dir), "key": scan.get("key"), "n_wn": wn.size},
         "group_rule": group_rule(n_layers, cfg.group_size), "groups": group_records(groups, wn),
         "cumulative": {d: [span_name(i, j) for i, j in spans[d]] for d in ("bottom", "top")},
         "conditions": {c.name: c.describe() for c in conds},
-        "additivity": layers_stats.additivity(deltas, draws, [span_name(i, i) for i in range(len(groups))],
-                                              span_name(0, len(groups) - 1)),
-        "most_degraded_all_groups": layers_stats.most_degraded(deltas, span_name(0, len(groups) - 1), 8),
+        "perplexity_windows": perplexity_windows(cfg, res["baseline"]),
+        "additivity": additivity,
+        "additivity_note": "overall read-outs are the question; per-phenomenon ones (exploratory: true) are unadjusted",
+        "most_degraded_all_groups": layers_stats.most_degraded(deltas, everything, 8),
         "group_profile": layers_stats.group_profile(deltas, group_records(groups, wn)),
-        "delta_units": "perplexity: ppl(condition) - ppl(baseline); accuracies: fraction (x100 = points)",
+        "delta_units": "perplexity: ppl(condition) - ppl(baseline), CI from a t-interval on per-window mean-NLL "
+                       "differences (diff_nll*); acc: fraction (x100 = points); margin: nats",
+        "min_units_for_ci": MIN_UNITS,
         "seconds_per_condition": seconds, "seconds_total": time.time() - t0, "versions": results.versions(),
     }
     record["summary_lines"] = layers_stats.summary_lines(record, deltas)
@@ -189,7 +266,8 @@ def _cmd_layers(args) -> int:
     cfg = LayersConfig(tasks=tuple(t for t in args.tasks.split(",") if t), group_size=args.group_size, mode=args.mode,
                        blimp_limit=_limit(args.blimp_limit, d.blimp_limit), tse_limit=_limit(args.tse_limit, d.tse_limit),
                        nongram_limit=_limit(args.nongram_limit, d.nongram_limit),
-                       ppl_tokens=_limit(args.ppl_tokens, d.ppl_tokens), n_boot=args.n_boot, seed=args.seed,
+                       ppl_tokens=_limit(args.ppl_tokens, d.ppl_tokens), ppl_window=args.ppl_window,
+                       n_boot=args.n_boot, seed=args.seed,
                        batch_tokens=args.batch_tokens, bos=args.bos)
     wn_path(args.scan)  # before the model loads
     def run(loaded):
@@ -215,9 +293,11 @@ def register(sub) -> None:
     p.add_argument("--tse-limit", type=int, default=None, help=f"pairs per TSE task (default {d.tse_limit}; 0 = all)")
     p.add_argument("--nongram-limit", type=int, default=None, help=f"items per benchmark (default {d.nongram_limit}; 0 = all)")
     p.add_argument("--ppl-tokens", type=int, default=None, help=f"perplexity tokens (default {d.ppl_tokens}; 0 = all)")
-    p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap replicates")
+    p.add_argument("--ppl-window", type=int, default=d.ppl_window,
+                   help="tokens per perplexity window (default %(default)s; at least 10 windows give a CI)")
+    p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap replicates (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="subsampling and bootstrap seed")
-    p.add_argument("--bos", choices=("prefix", "tokenizer_default"), default=d.bos, help="BOS policy")
+    p.add_argument("--bos", choices=BOS_POLICIES, default=d.bos, help="BOS policy")
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens,
                    help="padded tokens per forward (default: 256 on CPU, 16384 on CUDA)")
     p.add_argument("--out", required=True, help="output folder")

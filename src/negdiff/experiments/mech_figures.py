@@ -93,30 +93,32 @@ def pairs_figures(record: dict[str, Any], table: pd.DataFrame, preacts: pd.DataF
 
 
 # ---------------------------------------------------------------------------------------------- layers
-HEADLINES = (("perplexity", "overall", "Δ perplexity", 1), ("blimp", "overall", "Δ BLiMP acc (pts)", 100),
-             ("tse", "overall", "Δ TSE acc (pts)", 100))
+HEADLINES = (("perplexity", "overall", "nll", "Δ perplexity (t, windows)", 1),
+             ("blimp", "overall", "acc", "Δ BLiMP acc (pts)", 100), ("tse", "overall", "acc", "Δ TSE acc (pts)", 100))
+#: Said under every layers figure: a bar or point without a whisker had too few units for an interval.
+NO_CI = "no whisker/band: n too small (< 10 windows or items), point estimate only"
 
 
-def _cells(deltas: pd.DataFrame, task: str, readout: str, conds: list[str]) -> pd.DataFrame:
-    d = deltas[(deltas.task == task) & (deltas.readout == readout)].set_index("condition")
+def _cells(deltas: pd.DataFrame, task: str, readout: str, measure: str, conds: list[str]) -> pd.DataFrame:
+    d = deltas[(deltas.task == task) & (deltas.readout == readout) & (deltas.measure == measure)].set_index("condition")
     return d.reindex(conds)
 
 
 def group_deltas(record: dict[str, Any], deltas: pd.DataFrame, path: Path) -> Path:
-    """Per-group (one group ablated at a time) deltas to baseline with 95% paired bootstrap CIs."""
+    """Per-group (one group ablated at a time) deltas to baseline with 95% paired CIs (none when n is too small)."""
     groups = record["groups"]
     conds = [g["single"] for g in groups]
     heads = [h for h in HEADLINES if (deltas.task == h[0]).any()]
     fig, axes = plt.subplots(1, len(heads), figsize=(3.8 * len(heads), 3.3), squeeze=False)
     x = np.arange(len(conds))
-    for ax, (task, readout, label, scale) in zip(axes[0], heads):
-        c = _cells(deltas, task, readout, conds)
-        err = np.abs(np.stack([c["diff"] - c.ci_low, c.ci_high - c["diff"]])) * scale
+    for ax, (task, readout, measure, label, scale) in zip(axes[0], heads):
+        c = _cells(deltas, task, readout, measure, conds)
+        err = np.nan_to_num(np.abs(np.stack([c["diff"] - c.ci_low, c.ci_high - c["diff"]])) * scale)
         ax.bar(x, scale * c["diff"], yerr=err, capsize=3, color="tab:red")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(x, [g["label"] for g in groups], rotation=45, ha="right", fontsize=7)
         ax.set_title(label, fontsize=9)
-    fig.suptitle("WN zero_negative in one layer group at a time", fontsize=10)
+    fig.suptitle(f"WN zero_negative in one layer group at a time ({NO_CI})", fontsize=9)
     fig.tight_layout()
     return save(fig, path)
 
@@ -125,10 +127,10 @@ def cumulative_curves(record: dict[str, Any], deltas: pd.DataFrame, path: Path) 
     """Deltas as groups are added from the bottom (1..k) and from the top (n-k+1..n), with CIs."""
     heads = [h for h in HEADLINES if (deltas.task == h[0]).any()]
     fig, axes = plt.subplots(1, len(heads), figsize=(3.8 * len(heads), 3.3), squeeze=False)
-    for ax, (task, readout, label, scale) in zip(axes[0], heads):
+    for ax, (task, readout, measure, label, scale) in zip(axes[0], heads):
         for direction, color in (("bottom", "tab:blue"), ("top", "tab:green")):
             conds = record["cumulative"][direction]
-            c = _cells(deltas, task, readout, conds)
+            c = _cells(deltas, task, readout, measure, conds)
             k = np.arange(1, len(conds) + 1)
             ax.plot(k, scale * c["diff"], "o-", ms=3, color=color, label=f"from the {direction}")
             ax.fill_between(k, scale * c.ci_low, scale * c.ci_high, color=color, alpha=0.2)
@@ -137,7 +139,7 @@ def cumulative_curves(record: dict[str, Any], deltas: pd.DataFrame, path: Path) 
         ax.set(xlabel="groups ablated (k)", title=label)
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7)
-    fig.suptitle("WN zero_negative in groups 1..k (bottom) and n-k+1..n (top)", fontsize=10)
+    fig.suptitle(f"WN zero_negative in groups 1..k (bottom) and n-k+1..n (top) ({NO_CI})", fontsize=9)
     fig.tight_layout()
     return save(fig, path)
 
@@ -146,10 +148,11 @@ def phenomenon_heatmap(record: dict[str, Any], deltas: pd.DataFrame, path: Path)
     """Accuracy change (points) per phenomenon (BLiMP term, TSE group) x single layer group."""
     groups = record["groups"]
     conds = [g["single"] for g in groups]
-    rows = deltas[deltas.condition.isin(conds) & (
-        ((deltas.task == "blimp") & (deltas.kind == "term")) | ((deltas.task == "tse") & (deltas.kind == "group")))]
+    acc = deltas[deltas.measure == "acc"]
+    rows = acc[acc.condition.isin(conds) & (
+        ((acc.task == "blimp") & (acc.kind == "term")) | ((acc.task == "tse") & (acc.kind == "group")))]
     if rows.empty:
-        rows = deltas[deltas.condition.isin(conds) & (deltas.task != "perplexity")]
+        rows = acc[acc.condition.isin(conds)]
     labels = list(dict.fromkeys(f"{t}: {r}" for t, r in zip(rows.task, rows.readout)))
     grid = np.full((len(labels), len(conds)), np.nan)
     for _, r in rows.iterrows():
@@ -163,7 +166,8 @@ def phenomenon_heatmap(record: dict[str, Any], deltas: pd.DataFrame, path: Path)
     ax.set_xticks(range(len(conds)), [g["label"] for g in groups], rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     fig.colorbar(im, ax=ax, label="Δ accuracy (points)")
-    ax.set_title("phenomenon x layer group (WN zero_negative in that group only)", fontsize=9)
+    ax.set_title("phenomenon x layer group (WN zero_negative in that group only)\n"
+                 f"descriptive: {grid.size} unadjusted cells, no CIs shown", fontsize=9)
     fig.tight_layout()
     return save(fig, path)
 
@@ -172,6 +176,6 @@ def layers_figures(record: dict[str, Any], deltas: pd.DataFrame, folder: Path) -
     """group_deltas.png, cumulative.png and phenomenon_heatmap.png."""
     paths = [group_deltas(record, deltas, folder / "group_deltas.png"),
              cumulative_curves(record, deltas, folder / "cumulative.png")]
-    if (deltas.task != "perplexity").any():
+    if (deltas.measure == "acc").any():
         paths.append(phenomenon_heatmap(record, deltas, folder / "phenomenon_heatmap.png"))
     return paths

@@ -4,7 +4,7 @@ The paper tags raw text with spaCy and finds that negative-zeroing the Wasserste
 surprisal of determiners, punctuation, auxiliaries and particles, while content words barely move.
 negdiff scores UD English EWT (gold UPOS, no tagger noise) once per condition, sums each word's subword
 surprisals (nats) through :mod:`negdiff.align`, and reports per tag the mean excess surprisal
-(condition minus baseline, per word) with a bootstrap CI, and the tag's share of the total excess
+(condition minus baseline, per word) with a CI that resamples whole documents, and the tag's share of the total excess
 against its share of tokens: a tag that carries more of the damage than of the text is where the
 ablated neurons matter. Scaffolding tags (function words and punctuation) are pooled against content
 tags. Every condition's per-token surprisals are cached under a key, so a rerun resumes. The arithmetic
@@ -22,13 +22,17 @@ from typing import Any
 import numpy as np
 
 from negdiff import align, results
+from negdiff.bootstrap import N_BOOT
+from negdiff.bos import BOS_POLICIES
 from negdiff.errors import NegdiffError
 from negdiff.experiments.pos_stats import (  # noqa: F401  (re-exported: the public names of negdiff pos)
+    CLUSTER,
     CONTENT,
     GROUPS,
     SCAFFOLDING,
     aggregate,
-    share_draws,
+    cluster_counts,
+    cluster_sums,
     summary_lines,
     tag_group,
     tag_order,
@@ -42,7 +46,7 @@ from negdiff.progress import status
 from negdiff.scoring import ScoringConfig, model_max_length, score
 from negdiff.select import random_like
 
-FORMAT = "negdiff.pos/1"
+FORMAT = "negdiff.pos/2"
 #: Default size: a seeded sample of whole EWT-test documents up to this many words (about 15k tokens per
 #: condition; `--max-words 0` scores all 25k words).
 DEFAULT_MAX_WORDS = 12_000
@@ -56,7 +60,7 @@ class PosConfig:
     """Everything that decides the numbers (the scoring-relevant part is hashed into the resume key)."""
 
     corpus: str = "ewt-test"
-    seeds: int = 3  # random layer-matched control sets, averaged
+    seeds: int = 5  # random layer-matched control sets, averaged (paper.md: >= 5; their spread is in the CIs)
     limit_docs: int | None = None
     max_words: int | None = DEFAULT_MAX_WORDS
     sample: str = "seeded"  # which whole documents a limit keeps: seeded random (all genres) or the first
@@ -64,7 +68,7 @@ class PosConfig:
     bos: str = "prefix"
     mwt: str = "chars"
     batch_tokens: int | None = None  # None: the scorer's device default (256 on CPU, 16384 on CUDA)
-    n_boot: int = 1000
+    n_boot: int = N_BOOT
     seed: int = 0
     sets: str | None = None
     extra: tuple[str, ...] = ()
@@ -180,7 +184,9 @@ def _bars(ax, tags: list[str], series: dict[str, list[dict]], grey: list[float] 
         ax.bar(x - 0.4 + width / 2, grey, width, color="0.7", label="share of tokens")
     for j, (label, d) in enumerate(series.items(), start=int(grey is not None)):
         val = np.array([v["value"] for v in d])
-        err = np.abs([[v["value"] - v["ci_low"] for v in d], [v["ci_high"] - v["value"] for v in d]])
+        lo = np.array([np.nan if v.get("ci_low") is None else v["ci_low"] for v in d], dtype=float)
+        hi = np.array([np.nan if v.get("ci_high") is None else v["ci_high"] for v in d], dtype=float)
+        err = np.nan_to_num(np.abs([val - lo, hi - val]))  # no whisker: n too small (or K = 1 random set)
         ax.bar(x - 0.4 + (j + 0.5) * width, val, width, yerr=err, capsize=2, label=label)
     ax.axhline(0, color="k", lw=0.6)
     ax.axvline(sum(t in SCAFFOLDING for t in tags) - 0.5, color="gray", ls="--", lw=0.7)
@@ -197,8 +203,8 @@ def pos_figures(record: dict[str, Any], folder: Path) -> list[Path]:
     size = (max(7, 0.55 * len(tags)), 3.6)
     fig, ax = plt.subplots(figsize=size)
     _bars(ax, tags, {c: [r["tags"][t]["mean_excess"] for t in tags] for c, r in conds.items()})
-    ax.set(ylabel="excess surprisal per word (nats)", title="mean excess surprisal by gold UPOS, 95% bootstrap CI "
-           "(scaffolding | content)")
+    ax.set(ylabel="excess surprisal per word (nats)", title="mean excess surprisal by gold UPOS, 95% CI resampling "
+           "documents (scaffolding | content; no whisker: n too small)")
     paths = [save(fig, folder / "pos_excess.png")]
     fig, ax = plt.subplots(figsize=size)
     _bars(ax, tags, {f"share of excess: {c}": [r["tags"][t]["share_excess"] for t in tags] for c, r in conds.items()},
@@ -249,7 +255,7 @@ def run_pos(loaded: LoadedModel, scan_dir: str | Path, cfg: PosConfig, out: str 
     for cond in conds:  # a multi-seed condition is the mean of its runs
         words[f"surprisal_{cond.name}"] = words[[f"surprisal_{run}" for run, _ in cond.runs]].mean(axis=1)
     names = [c.name for c in conds if c.name != "baseline"]
-    seed_runs = {c.name: [run for run, _ in c.runs] for c in conds if len(c.runs) > 1}
+    seed_runs = {c.name: [run for run, _ in c.runs] for c in conds if c.name == "random_neg"}  # random-set groups
     record: dict[str, Any] = {
         "format": FORMAT, "key": key, "units": "nats (natural-log surprisal, summed over a word's subword tokens)",
         "model": info, "config": cfg.to_dict(), "scoring": cfg.scoring().to_dict(),
@@ -260,6 +266,10 @@ def run_pos(loaded: LoadedModel, scan_dir: str | Path, cfg: PosConfig, out: str 
         "alignment": align.alignment_stats(sents, chunks, encoded, words),
         "conditions": {**{c.name: c.describe() for c in conds if c.name != "baseline"}, **missing},
         "results": aggregate(words[words.scored], names, seed_runs, cfg.n_boot, cfg.seed),
+        "random_control": {"k": cfg.seeds, "note": (
+            f"random_neg averages K = {cfg.seeds} layer-matched sets; its intervals include the between-set variance"
+            if cfg.seeds >= 2 else "random_neg is K = 1 set: the between-set variance is not estimable, so its "
+            "intervals are n too small (point estimates only); paper.md asks for >= 5 sets")},
     }
     record["timing"] = timing
     record["versions"] = results.versions()
@@ -295,7 +305,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--sets", default=None, help="a `negdiff ablate` output folder (or its sets/): ppl_matched_neg.json")
     p.add_argument("--extra", default=None, help="more conditions from --sets, comma-separated names (e.g. wn_pos)")
-    p.add_argument("--seeds", type=int, default=d.seeds, help="random control sets averaged (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=d.seeds,
+                   help="random control sets averaged (default %(default)s; 1 set gives the control no interval)")
     p.add_argument("--limit-docs", type=int, default=None, help="only the first N documents")
     p.add_argument("--max-words", type=int, default=d.max_words,
                    help="whole documents until N words are reached (default %(default)s; 0 = the whole corpus)")
@@ -303,12 +314,12 @@ def register(sub) -> None:
                    help="which whole documents the limits keep: a seeded random choice (default) or the first")
     p.add_argument("--max-seq-tokens", type=int, default=d.max_seq_tokens,
                    help="longest scored sequence; longer documents are cut at sentence boundaries")
-    p.add_argument("--bos", choices=("prefix", "tokenizer_default"), default=d.bos, help="BOS policy")
+    p.add_argument("--bos", choices=BOS_POLICIES, default=d.bos, help="BOS policy")
     p.add_argument("--mwt", choices=align.MWT_RULES, default=d.mwt,
                    help="multi-word tokens (don't = do + n't): align each word by characters (default), "
                    "split the token's surprisal equally, or give it to the first word")
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="padded tokens per forward pass")
-    p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap replicates")
+    p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap replicates over documents (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the document sample and the bootstrap")
     p.add_argument("--data", default=None, help="data folder (default $NEGDIFF_DATA)")
     p.add_argument("--force", action="store_true", help="rescore every condition")

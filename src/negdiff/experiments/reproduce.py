@@ -28,12 +28,12 @@ from negdiff.results import config_key, file_sha256, read_json, versions, write_
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "scan": {"tokens": 32_768, "md_pairs": 12_288},
-        "ablate": {"seeds": 2, "blimp_limit": 5, "tse_limit": 5, "nongram_limit": 20, "ppl_tokens": 4096,
-                   "calib_tokens": 2048, "dose_fractions": (0.01, 0.05), "dose_blimp_limit": 2,
+        "ablate": {"seeds": 3, "blimp_limit": 5, "tse_limit": 5, "nongram_limit": 20, "ppl_tokens": 5120,
+                   "ppl_window": 512, "calib_tokens": 4096, "dose_fractions": (0.01, 0.05), "dose_blimp_limit": 2,
                    "dose_ppl_tokens": 2048},
         "pairs": {"tokens": 8192, "md_pairs": 4096},
-        "pos": {"max_words": 2000, "seeds": 1},
-        "layers": {"group_size": 10, "blimp_limit": 3, "tse_limit": 3, "ppl_tokens": 2048},
+        "pos": {"max_words": 2000, "seeds": 1},  # K = 1: pos.json says random_neg then has no interval (n too small)
+        "layers": {"group_size": 10, "blimp_limit": 3, "tse_limit": 3, "ppl_tokens": 5120, "ppl_window": 512},
     },
     "full": {
         "scan": {"tokens": 262_144},
@@ -42,7 +42,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                    "controls_on_nongram": True},
         "pairs": {},
         "pos": {"max_words": None},
-        "layers": {"blimp_limit": 100, "tse_limit": 100, "ppl_tokens": None},
+        "layers": {"blimp_limit": 100, "tse_limit": 100, "ppl_tokens": None, "ppl_window": 2048},
     },
 }
 

@@ -1,0 +1,214 @@
+"""The claim family's decision rule, its sign wiring, and the coverage of the intervals that feed it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from negdiff.bootstrap import Interval, from_draws, mean_t, set_crossed, stratum_mean_draws, t_interval
+from negdiff.contrasts import Contrasts
+from negdiff.decide import Claim, decide, mde
+from negdiff.experiments.ablate_stats import build_claims, match_check
+
+
+def _iv(est: float, se: float, n: int = 500) -> Interval:
+    return t_interval(est, se, n - 1, n, "items", "test")
+
+
+# ------------------------------------------------------------------------------------------ decision states
+def test_every_state_from_its_evidence():
+    claims = [
+        Claim("h", "holds", -1, "r", _iv(-1.0, 0.1), margin=0.1),
+        Claim("o", "opposite", -1, "r", _iv(+1.0, 0.1), margin=0.1),
+        Claim("e", "equivalent", -1, "r", _iv(0.001, 0.01), margin=0.1),
+        Claim("i", "inconclusive", -1, "r", _iv(-0.1, 0.1), margin=0.1),
+        Claim("g", "gated", -1, "r", _iv(-1.0, 0.1), margin=0.1, gate="control not matched: test"),
+        Claim("s", "small", -1, "r", mean_t(np.array([-1.0, -2, -3]))),
+        Claim("x", "not run", -1, "r", None),
+    ]
+    recs = {r["id"]: r for r in decide(claims)}
+    assert [recs[k]["verdict"] for k in "hoeigsx"] == ["holds", "opposite", "does not hold", "inconclusive",
+                                                       "control not matched", "n too small", "not run"]
+    assert all(r["family_size"] == 7 for r in recs.values())
+    # the inconclusive claim says what it ruled out (the claimed-side bound) and its MDE at alpha / m
+    lo = recs["i"]["ci"][0]
+    assert "below" in recs["i"]["ruled_out"] and f"{lo:+.4g}" in recs["i"]["ruled_out"]
+    want = (stats.t.ppf(1 - 0.05 / 7, 499) + stats.t.ppf(0.8, 499)) * 0.1
+    assert recs["i"]["mde"] == pytest.approx(want)
+    assert recs["h"]["ci_note"] == "95%, unadjusted"
+
+
+def test_borderline_when_monte_carlo_error_straddles_alpha():
+    rng = np.random.default_rng(0)
+    # draws whose one-sided p sits right at 0.05 / 1 (family of one): MC error of 1000 draws covers alpha
+    draws = rng.normal(-1.645, 1.0, 1000)
+    iv = from_draws(-1.645, draws, 200, "items", "test", 0)
+    rec = decide([Claim("b", "b", -1, "r", iv)])[0]
+    assert abs(rec["p_one_sided"] - 0.05) < 2 * iv.mcse
+    assert rec["verdict"] == "borderline"
+
+
+def test_holm_controls_the_family_not_each_claim():
+    # each p = 0.03 would pass alone at 0.05; with 3 claims Holm needs p <= 0.05 / 3 for the smallest
+    z = stats.t.isf(0.03, 999)
+    claims = [Claim(str(k), "c", +1, "r", _iv(z * 0.1, 0.1, 1000)) for k in range(3)]
+    recs = decide(claims)
+    assert all(r["p_one_sided"] == pytest.approx(0.03) for r in recs)
+    assert all(r["p_adjusted"] == pytest.approx(0.09) for r in recs)
+    assert {r["verdict"] for r in recs} == {"inconclusive"}
+    assert decide(claims[:1])[0]["verdict"] == "holds"
+
+
+def test_intersection_union_needs_both_halves():
+    good, bad = _iv(-1.0, 0.1), _iv(-0.05, 0.1)
+    both = Claim("dd", "dd", +1, "both", halves=[Claim("a", "a", -1, "r", good), Claim("b", "b", -1, "r", good)])
+    one = Claim("dd", "dd", +1, "both", halves=[Claim("a", "a", -1, "r", good), Claim("b", "b", -1, "r", bad)])
+    assert decide([both])[0]["verdict"] == "holds"
+    rec = decide([one])[0]
+    assert rec["verdict"] == "inconclusive"
+    assert rec["p_one_sided"] == pytest.approx(bad.p_less)  # the larger of the halves' p
+    assert [h["id"] for h in rec["halves"]] == ["a", "b"]
+
+
+def test_mde_scales_with_standard_error():
+    a, b = _iv(0.0, 0.1), _iv(0.0, 0.2)
+    assert mde(b, 0.01) == pytest.approx(2 * mde(a, 0.01))
+
+
+# ------------------------------------------------------------------------------------------ intervals
+def test_stratified_draws_reproduce_a_hand_resample():
+    values = np.array([[1.0, 2, 3, 10, 20], [0.0, 0, 1, 1, 1]])
+    strata = np.array(["a", "a", "a", "b", "b"])
+    draws, point, sizes = stratum_mean_draws(values, strata, n_boot=7, seed=3)
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(3).spawn(2)]
+    ia = rngs[0].integers(0, 3, size=(7, 3))
+    ib = rngs[1].integers(0, 2, size=(7, 2))
+    assert draws[4, 0, 0] == pytest.approx(values[0, :3][ia[4]].mean())
+    assert draws[4, 1, 1] == pytest.approx(values[1, 3:][ib[4]].mean())
+    assert list(sizes) == [3, 2] and point[0].tolist() == [2.0, 15.0]
+
+
+def test_window_t_interval_covers_under_autocorrelated_token_losses():
+    """n = 10 windows (the smallest allowed), per-token losses AR(1) within a window: the t-interval on
+    per-window mean differences covers the true mean difference >= 93% of the time; a percentile bootstrap
+    over the same 10 windows does not."""
+    rng = np.random.default_rng(1)
+    reps, n, length, phi, true = 1500, 10, 256, 0.6, 0.05
+    cover_t = cover_boot = 0
+    for _ in range(reps):
+        eps = rng.standard_normal((n, length))
+        ar = np.empty_like(eps)
+        ar[:, 0] = eps[:, 0]
+        for j in range(1, length):
+            ar[:, j] = phi * ar[:, j - 1] + np.sqrt(1 - phi**2) * eps[:, j]
+        window_effect = rng.normal(0, 0.03, n)  # windows differ in how much the ablation hurts
+        d = true + window_effect + 0.5 * ar.mean(1)
+        iv = mean_t(d)
+        cover_t += iv.ci[0] <= true <= iv.ci[1]
+        boot = d[rng.integers(0, n, (400, n))].mean(1)
+        lo, hi = np.quantile(boot, [0.025, 0.975])
+        cover_boot += lo <= true <= hi
+    assert cover_t / reps >= 0.93
+    assert cover_boot / reps < 0.93
+
+
+def test_set_crossed_interval_includes_between_set_variance():
+    """Each random set has its own true effect: an interval conditional on the drawn sets under-covers the
+    population of sets; item variance + s^2/K with Satterthwaite t covers >= 93%."""
+    rng = np.random.default_rng(2)
+    reps, k, n, cover, cover_cond = 2000, 5, 400, 0, 0
+    for _ in range(reps):
+        set_effects = rng.normal(0.0, 0.05, k)  # population mean 0
+        items = rng.normal(0, 1, (k, n)) * 0.3 + set_effects[:, None]
+        per_set = items.mean(1)
+        est = per_set.mean()
+        item_var = items.mean(0).var(ddof=1) / n
+        iv = set_crossed(est, item_var, n, per_set, "items", "test")
+        cover += iv.ci[0] <= 0 <= iv.ci[1]
+        half = 1.96 * np.sqrt(item_var)
+        cover_cond += est - half <= 0 <= est + half
+    assert cover / reps >= 0.93
+    assert cover_cond / reps < 0.8
+
+
+# ------------------------------------------------------------------------------------------ claim wiring
+def _items(effects: dict[str, dict[str, float]], rng, n_windows: int = 12) -> dict[str, dict[str, pd.DataFrame]]:
+    """Synthetic item tables: ``effects[cond]`` shifts blimp/tse margins, NLL per window and accuracy on MC."""
+    paradigms = np.repeat([f"p{i}" for i in range(10)], 30)
+    base_margin = rng.normal(1.0, 2.0, paradigms.size)
+    tse_margin = rng.normal(0.2, 0.5, 220)
+    tasks = np.repeat([f"t{i}" for i in range(11)], 20)
+    nll = rng.normal(3.0, 0.2, n_windows)
+    mc = rng.random((8, 100)) < 0.5
+    out = {}
+    for cond, eff in effects.items():
+        noise = rng.normal(0, 0.05, paradigms.size)
+        m = base_margin + eff.get("blimp", 0) + noise
+        t = tse_margin + eff.get("tse", 0) + rng.normal(0, 0.01, 220)
+        frames = {
+            "perplexity": pd.DataFrame({"item_id": [f"w{i}" for i in range(n_windows)],
+                                        "nll": nll + eff.get("nll", 0) + rng.normal(0, 0.002, n_windows)}),
+            "blimp": pd.DataFrame({"item_id": [f"b{i}" for i in range(m.size)], "paradigm": paradigms,
+                                   "lp_good": m, "lp_bad": 0.0, "correct": m > 0}),
+            "tse": pd.DataFrame({"item_id": [f"t{i}" for i in range(220)], "task": tasks, "lp_good": t, "lp_bad": 0.0,
+                                 "lp_bad_2": np.nan, "correct": t > 0}),
+        }
+        for j, name in enumerate(("arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "sciq", "boolq",
+                                  "lambada_openai")):
+            flip = rng.random(100) < eff.get("err", 0)
+            correct = mc[j] & ~flip
+            frames[name] = pd.DataFrame({"item_id": [f"{name}{i}" for i in range(100)], "correct": correct,
+                                         "ll": [[0.0, -1.0] if c else [-1.0, 0.0] for c in correct], "label": 0})
+        out[cond] = frames
+    return out
+
+
+def _verdicts(effects, gate_ok=True):
+    rng = np.random.default_rng(5)
+    items = _items(effects, rng)
+    groups = {c: [c] for c in effects if not c.startswith("random_neg_s")}
+    groups["random_neg"] = [c for c in effects if c.startswith("random_neg_s")]
+    con = Contrasts(items, groups, n_boot=2000, seed=0)
+    check = match_check(con, {"matched": gate_ok}, 0.10)
+    return {r["id"]: r for r in decide(build_claims(con, items, groups, check))}, check
+
+
+BASE = {"baseline": {}, **{f"random_neg_s{k}": {"blimp": -0.01 * k, "nll": 0.001} for k in range(5)},
+        "wn_identity_pos": {}}
+
+
+def test_claims_hold_when_the_paper_is_right():
+    eff = {**BASE, "wn_neg": {"nll": 0.10, "blimp": -0.6, "tse": -0.2, "err": 0.02},
+           "ppl_matched_neg": {"nll": 0.10, "err": 0.3}, "wn_abs_neg": {"blimp": -0.8, "tse": -0.3}}
+    v, check = _verdicts(eff)
+    assert "gate" not in check, check
+    assert {k: r["verdict"] for k, r in v.items()} == {
+        "ppl": "holds", "blimp_vs_random_neg": "holds", "tse_vs_random_neg": "holds",
+        "blimp_vs_ppl_matched_neg": "holds", "tse_vs_ppl_matched_neg": "holds", "double_dissociation": "holds",
+        "sign_vs_magnitude_blimp": "holds", "sign_vs_magnitude_tse": "holds"}
+    assert v["blimp_vs_random_neg"]["also"]["acc"]["estimate"] < 0
+
+
+def test_claims_reverse_when_the_effects_reverse():
+    eff = {**BASE, "wn_neg": {"nll": -0.10, "blimp": +0.6, "tse": +0.2},
+           "ppl_matched_neg": {"nll": -0.10, "blimp": -0.5, "err": 0.0}, "wn_abs_neg": {"blimp": +0.8, "tse": +0.3}}
+    v, check = _verdicts(eff)
+    assert v["ppl"]["verdict"] == "opposite"
+    for k in ("blimp_vs_random_neg", "tse_vs_random_neg", "blimp_vs_ppl_matched_neg", "sign_vs_magnitude_blimp",
+              "sign_vs_magnitude_tse"):
+        assert v[k]["verdict"] == "opposite", k
+
+
+def test_null_effects_read_as_does_not_hold_and_unmatched_control_gates():
+    eff = {**{k: {} for k in BASE}, "wn_neg": {"nll": 0.10}, "ppl_matched_neg": {"nll": 0.30},
+           "wn_abs_neg": {}}
+    v, check = _verdicts(eff)
+    assert "outside" in check["gate"]  # the control does ~3x wn_neg's damage on the reported windows
+    assert v["blimp_vs_ppl_matched_neg"]["verdict"] == "control not matched"
+    assert v["double_dissociation"]["verdict"] == "control not matched"
+    assert v["sign_vs_magnitude_blimp"]["verdict"] == "does not hold"
+    assert v["blimp_vs_random_neg"]["verdict"] in ("does not hold", "inconclusive")
+    _, failed = _verdicts({**eff, "ppl_matched_neg": {"nll": 0.10}}, gate_ok=False)
+    assert "did not match" in failed["gate"]
