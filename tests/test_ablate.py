@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import negdiff.experiments.ablate as ablate
-from negdiff import load_model
+from negdiff import conditions, load_model
 from negdiff.errors import NegdiffError
 from negdiff.experiments.ablate import AblateConfig, Condition, match_perplexity, run_ablate, run_condition
 from negdiff.experiments.ablate_stats import _doubling
@@ -111,6 +111,6 @@ def test_conditions_do_not_share_hook_state_and_resume(tiny_run, monkeypatch):
     fresh = run_condition(loaded, Condition("baseline", NeuronSet.empty(), tasks=["blimp"]), cfg, root / "again", "k", True)
     assert np.array_equal(fresh["items"]["blimp"].lp_good.to_numpy(), first.lp_good.to_numpy())
     calls = []
-    monkeypatch.setattr(ablate, "evaluate", lambda *a, **k: calls.append(a) or {})
+    monkeypatch.setattr(conditions, "evaluate", lambda *a, **k: calls.append(a) or {})
     again = run_ablate(loaded, root / "scan", cfg, out)  # everything finished: nothing is re-evaluated
     assert calls == [] and again["claims"] == json.loads((out / "ablation.json").read_text())["claims"]

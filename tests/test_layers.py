@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats as sstats
 
-from negdiff import NegdiffError, load_model
+from negdiff import NegdiffError, conditions, load_model
 from negdiff.cli import main
 from negdiff.experiments import layers, layers_stats
 from negdiff.neuronset import NeuronSet
@@ -228,7 +228,7 @@ def test_run_layers_end_to_end_recomputed_and_resumed(tiny_model_dir, scan_dir, 
     assert any("exploratory:" in line and "read-outs, unadjusted" in line for line in rec["summary_lines"])
 
     calls = []
-    monkeypatch.setattr(layers, "evaluate", lambda *a, **k: calls.append(a) or {})
+    monkeypatch.setattr(conditions, "evaluate", lambda *a, **k: calls.append(a) or {})
     again = layers.run_layers(loaded, scan_dir, cfg, out)  # every condition finished: nothing is re-evaluated
     assert calls == [] and again["summary_lines"] == rec["summary_lines"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from negdiff import conditions
 from negdiff.bootstrap import MIN_UNITS, N_BOOT
+from negdiff.conditions import Condition
 from negdiff.data import corpus_documents, token_windows
 from negdiff.errors import NegdiffError
-from negdiff.evaluate import evaluate, write_results
 from negdiff.hooks import intervene
 from negdiff.models import LoadedModel
 from negdiff.neuronset import NeuronSet
@@ -85,20 +86,6 @@ class AblateConfig:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class Condition:
-    """One row of the table: a neuron set, the edit applied to it, and the tasks it is scored on."""
-
-    name: str
-    neurons: NeuronSet
-    mode: str = "zero_negative"
-    tasks: list[str] = field(default_factory=list)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "mode": self.mode, "n_neurons": self.neurons.size, "rule": self.neurons.rule,
-                "per_layer": self.neurons.counts(), "tasks": self.tasks}
-
-
 def eval_config(cfg: AblateConfig, task: str, dose: bool = False) -> EvalConfig:
     """The EvalConfig of one task: each task family gets its own subsample size."""
     limit = {"blimp": cfg.dose_blimp_limit if dose else cfg.blimp_limit, "tse": cfg.tse_limit,
@@ -106,13 +93,6 @@ def eval_config(cfg: AblateConfig, task: str, dose: bool = False) -> EvalConfig:
     return EvalConfig(scoring=ScoringConfig(bos=cfg.bos, max_batch_tokens=cfg.batch_tokens), limit=limit,
                       seed=cfg.seed, n_boot=min(cfg.n_boot, 1000), ppl_window=cfg.ppl_window,
                       max_tokens=(cfg.dose_ppl_tokens if dose else cfg.ppl_tokens) if task == "perplexity" else None)
-
-
-def _key_config(cfg: AblateConfig, task: str, dose: bool) -> dict[str, Any]:
-    """An EvalConfig as a resume key, without the batch budget and context sharing (scores do not depend on them)."""
-    out = eval_config(cfg, task, dose).to_dict()
-    out["scoring"] = {k: v for k, v in out["scoring"].items() if k not in ("max_batch_tokens", "share_context")}
-    return out
 
 
 def load_scan(scan_dir: str | Path, loaded: LoadedModel) -> tuple[pd.DataFrame, dict]:
@@ -214,30 +194,10 @@ def build_conditions(table: pd.DataFrame, loaded: LoadedModel, cfg: AblateConfig
 
 def run_condition(loaded: LoadedModel, cond: Condition, cfg: AblateConfig, out: Path, key: str,
                   force: bool, dose: bool = False) -> dict[str, Any]:
-    """Evaluate one condition (or reuse its finished results); returns results with item tables."""
+    """Evaluate one condition (or reuse its finished results) with this run's per-task EvalConfigs."""
     folder = out / ("dose" if dose else "conditions") / cond.name
-    ckey = config_key({"base": key, "cond": cond.describe(), "cfg": [_key_config(cfg, t, dose) for t in cond.tasks]})
-    if not force and (folder / "results.json").is_file():
-        rec = read_json(folder / "results.json")
-        if rec.get("key") == ckey:
-            rec["items"] = {t: pd.read_parquet(folder / f) for t, f in rec["item_files"].items()}
-            return rec
-    status(f"condition {cond.name}: {cond.mode} on {cond.neurons.size} neurons; tasks {', '.join(cond.tasks)}")
-    cond.neurons.to_json(out / "sets" / f"{cond.name}.json")
-    t0 = time.perf_counter()
-    merged: dict[str, Any] = {"tasks": {}, "aggregates": {}, "items": {}}
-    with intervene(loaded.model, cond.neurons, cond.mode, sites=loaded.sites):
-        for task in cond.tasks:
-            res = evaluate((loaded.model, loaded.tokenizer), [task], config=eval_config(cfg, task, dose),
-                           condition=cond.describe())
-            merged["tasks"].update(res["tasks"])
-            merged["items"].update(res["items"])
-            for k in ("format", "model", "condition", "versions"):
-                merged[k] = res[k]
-    merged["model"] = loaded.info.to_dict()
-    merged["seconds"] = time.perf_counter() - t0
-    write_results(folder, merged, {"key": ckey})
-    return merged
+    configs = {t: eval_config(cfg, t, dose) for t in cond.tasks}
+    return conditions.run_condition(loaded, cond, configs, folder, out / "sets", key, force)
 
 
 def dose_response(loaded, table, cfg: AblateConfig, out: Path, key: str, force: bool) -> list[dict[str, Any]]:

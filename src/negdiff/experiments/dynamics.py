@@ -26,9 +26,10 @@ import pandas as pd
 import torch
 
 from negdiff.bootstrap import N_BOOT, Interval, too_small
+from negdiff.conditions import Condition
 from negdiff.contrasts import Contrasts, ppl_cell
 from negdiff.errors import NegdiffError
-from negdiff.experiments.ablate import MIN_CALIB_WINDOWS, AblateConfig, Condition, run_condition
+from negdiff.experiments.ablate import MIN_CALIB_WINDOWS, AblateConfig, run_condition
 from negdiff.experiments.dynamics_spec import SHORTHANDS, Checkpoint, parse_spec
 from negdiff.experiments.dynamics_stats import (
     DESCRIPTIVE,

@@ -27,18 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from negdiff import results
 from negdiff.bootstrap import MIN_UNITS, N_BOOT
 from negdiff.bos import BOS_POLICIES
+from negdiff.conditions import Condition
+from negdiff.conditions import run_condition as run_condition_in
 from negdiff.errors import NegdiffError
-from negdiff.evaluate import evaluate, write_results
 from negdiff.experiments import layers_stats
-from negdiff.experiments.ablate import Condition
 from negdiff.experiments.scan import load_wn as scan_wn
 from negdiff.experiments.scan import wn_path
-from negdiff.hooks import POST_MODES, PRE_MODES, intervene
+from negdiff.hooks import POST_MODES, PRE_MODES
 from negdiff.models import LoadedModel
 from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
@@ -147,43 +146,11 @@ def group_records(groups: list[list[int]], wn: NeuronSet) -> list[dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------- runner
-def _key_config(cfg: LayersConfig, task: str) -> dict[str, Any]:
-    """An EvalConfig as a resume key, without the batch budget and context sharing (scores do not depend on them)."""
-    out = cfg.eval_config(task).to_dict()
-    out["scoring"] = {k: v for k, v in out["scoring"].items() if k not in ("max_batch_tokens", "share_context")}
-    return out
-
-
 def run_condition(loaded: LoadedModel, cond: Condition, cfg: LayersConfig, out: Path, key: str,
                   force: bool) -> dict[str, Any]:
-    """Evaluate one condition (or reuse its finished results); returns results with item tables.
-
-    The layout and resume rule of :func:`negdiff.experiments.ablate.run_condition`, with this run's
-    EvalConfig (its perplexity window is part of the key, so a changed window re-evaluates).
-    """
-    folder = out / "conditions" / cond.name
-    ckey = results.config_key({"base": key, "cond": cond.describe(), "cfg": [_key_config(cfg, t) for t in cond.tasks]})
-    if not force and (folder / "results.json").is_file():
-        rec = results.read_json(folder / "results.json")
-        if rec.get("key") == ckey:
-            rec["items"] = {t: pd.read_parquet(folder / f) for t, f in rec["item_files"].items()}
-            return rec
-    status(f"condition {cond.name}: {cond.mode} on {cond.neurons.size} neurons; tasks {', '.join(cond.tasks)}")
-    cond.neurons.to_json(out / "sets" / f"{cond.name}.json")
-    t0 = time.perf_counter()
-    merged: dict[str, Any] = {"tasks": {}, "aggregates": {}, "items": {}}
-    with intervene(loaded.model, cond.neurons, cond.mode, sites=loaded.sites):
-        for task in cond.tasks:
-            res = evaluate((loaded.model, loaded.tokenizer), [task], config=cfg.eval_config(task),
-                           condition=cond.describe())
-            merged["tasks"].update(res["tasks"])
-            merged["items"].update(res["items"])
-            for k in ("format", "model", "condition", "versions"):
-                merged[k] = res[k]
-    merged["model"] = loaded.info.to_dict()
-    merged["seconds"] = time.perf_counter() - t0
-    write_results(folder, merged, {"key": ckey})
-    return merged
+    """Evaluate one condition (or reuse its finished results); its perplexity window is part of the key."""
+    configs = {t: cfg.eval_config(t) for t in cond.tasks}
+    return run_condition_in(loaded, cond, configs, out / "conditions" / cond.name, out / "sets", key, force)
 
 
 def perplexity_windows(cfg: LayersConfig, base: dict[str, Any]) -> dict[str, Any] | None:
