@@ -93,6 +93,8 @@ def test_end_to_end_outputs(tiny_run):
     ppl = next(c for c in saved["claims"] if c["id"] == "ppl")
     assert ppl["n"] == 12 and ppl["units"] == "windows"  # 384 tokens / 32-token windows
     assert "mismatch" in saved["ppl_matched_check"]
+    for c in saved["claims"]:  # every claim against the matched control carries the matching check
+        assert ("matching" in c) == ("ppl_matched" in c["id"] or c["id"] == "double_dissociation")
     assert "wn_pos" in saved["value"] and "arc_easy" not in saved["value"]["wn_pos"]  # controls: syntax only
     table = (out / "table.md").read_text()
     assert "| wn_neg | 6 |" in table and "ppl_matched_neg (m = " in table

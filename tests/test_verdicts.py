@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from negdiff.bootstrap import Interval, from_draws, mean_t, set_crossed, stratum_mean_draws, t_interval
+from negdiff.bootstrap import Interval, from_draws, mean_t, stratum_mean_draws, t_interval
 from negdiff.contrasts import Contrasts
 from negdiff.decide import Claim, decide, mde
 from negdiff.experiments.ablate_stats import build_claims, match_check
@@ -91,46 +91,99 @@ def test_stratified_draws_reproduce_a_hand_resample():
 
 
 def test_window_t_interval_covers_under_autocorrelated_token_losses():
-    """n = 10 windows (the smallest allowed), per-token losses AR(1) within a window: the t-interval on
-    per-window mean differences covers the true mean difference >= 93% of the time; a percentile bootstrap
-    over the same 10 windows does not."""
+    """n = 10 windows (the smallest allowed) of 256 tokens; per-token losses lognormal (skewed) with AR(1)
+    phi = 0.95 inside each window (an effective sample of a few tokens per window), and the ablation's extra
+    loss proportional to the loss plus noise. The t-interval on per-window mean differences covers the true
+    mean difference >= 93% of the time (measured 93.4%); a percentile bootstrap over the same windows does not."""
     rng = np.random.default_rng(1)
-    reps, n, length, phi, true = 1500, 10, 256, 0.6, 0.05
+    reps, n, length, phi = 2000, 10, 256, 0.95
+    true = 0.05 * np.exp(0.5)  # E[0.05 * lognormal(0, 1)]
     cover_t = cover_boot = 0
     for _ in range(reps):
         eps = rng.standard_normal((n, length))
-        ar = np.empty_like(eps)
-        ar[:, 0] = eps[:, 0]
+        g = np.empty_like(eps)
+        g[:, 0] = rng.standard_normal(n)
         for j in range(1, length):
-            ar[:, j] = phi * ar[:, j - 1] + np.sqrt(1 - phi**2) * eps[:, j]
-        window_effect = rng.normal(0, 0.03, n)  # windows differ in how much the ablation hurts
-        d = true + window_effect + 0.5 * ar.mean(1)
+            g[:, j] = phi * g[:, j - 1] + np.sqrt(1 - phi**2) * eps[:, j]
+        d = (0.05 * np.exp(g) + 0.1 * rng.standard_normal((n, length))).mean(1)
         iv = mean_t(d)
         cover_t += iv.ci[0] <= true <= iv.ci[1]
         boot = d[rng.integers(0, n, (400, n))].mean(1)
         lo, hi = np.quantile(boot, [0.025, 0.975])
         cover_boot += lo <= true <= hi
     assert cover_t / reps >= 0.93
-    assert cover_boot / reps < 0.93
+    assert cover_boot / reps < 0.91
 
 
-def test_set_crossed_interval_includes_between_set_variance():
-    """Each random set has its own true effect: an interval conditional on the drawn sets under-covers the
-    population of sets; item variance + s^2/K with Satterthwaite t covers >= 93%."""
-    rng = np.random.default_rng(2)
-    reps, k, n, cover, cover_cond = 2000, 5, 400, 0, 0
-    for _ in range(reps):
-        set_effects = rng.normal(0.0, 0.05, k)  # population mean 0
-        items = rng.normal(0, 1, (k, n)) * 0.3 + set_effects[:, None]
-        per_set = items.mean(1)
-        est = per_set.mean()
-        item_var = items.mean(0).var(ddof=1) / n
-        iv = set_crossed(est, item_var, n, per_set, "items", "test")
+@pytest.mark.parametrize("set_sd", [0.05, 0.2])
+def test_random_set_interval_covers_through_contrasts(set_sd):
+    """End to end through Contrasts: a shared item effect, a true effect per random set (population mean = wn's),
+    set-by-item noise. The wn_neg - random_neg interval (stratified item bootstrap + between-set variance less
+    each set's own item noise, Satterthwaite t) covers 0 >= 93% of the time; the item-only interval does not
+    when sets differ."""
+    rng = np.random.default_rng(0)
+    reps, k, n = 300, 5, 200
+    strata = np.repeat([f"p{i}" for i in range(10)], n // 10)
+    cover = cover_items = 0
+    for r in range(reps):
+        item = rng.normal(0, 1, n)
+        def frame(v):
+            return {"blimp": pd.DataFrame({"item_id": np.arange(n).astype(str), "paradigm": strata, "lp_good": v,
+                                           "lp_bad": 0.0})}
+        items = {"baseline": frame(item + rng.normal(0, 0.2, n)), "wn_neg": frame(item + rng.normal(0, 0.3, n))}
+        for j in range(k):
+            items[f"random_neg_s{j}"] = frame(item + rng.normal(0, set_sd) + rng.normal(0, 0.3, n))
+        groups = {"baseline": ["baseline"], "wn_neg": ["wn_neg"], "random_neg": [f"random_neg_s{j}" for j in range(k)]}
+        con = Contrasts(items, groups, n_boot=400, seed=r)
+        iv = con.interval("blimp", "margin", "random_neg", "wn_neg")
         cover += iv.ci[0] <= 0 <= iv.ci[1]
-        half = 1.96 * np.sqrt(item_var)
-        cover_cond += est - half <= 0 <= est + half
+        half = 1.96 * np.sqrt(iv.extra["var_items"])
+        cover_items += abs(iv.estimate) <= half
     assert cover / reps >= 0.93
-    assert cover_cond / reps < 0.8
+    assert cover_items / reps < 0.85
+
+
+def test_holm_path_matches_holm_and_tracks_the_step_that_sets_each_value():
+    from negdiff.decide import _holm_path
+    from negdiff.inference import holm
+
+    p = np.array([0.01, 0.04, 0.03, 0.2, 0.001])
+    adj, mult, src = _holm_path(p)
+    assert np.allclose(adj, holm(p))
+    # sorted: 0.001 (x5), 0.01 (x4) = 0.04, 0.03 (x3) = 0.09, 0.04 (x2) = 0.08 -> carried 0.09 from claim 2
+    assert src[1] == 2 and adj[1] == pytest.approx(0.09) and mult[1] == 2
+
+
+def test_borderline_inherited_through_holm_running_maximum():
+    """A bootstrap claim with the smallest p sets, through Holm's running maximum, the adjusted p of an analytic
+    claim; if the bootstrap step is within Monte-Carlo error of alpha, so is the analytic claim's verdict."""
+    boot = from_draws(-1.0, np.random.default_rng(3).normal(-1.97, 1.0, 1000), 200, "items", "t", 0)
+    exact = _iv(-0.1, 0.1 / stats.t.isf(0.03, 499))  # one-sided p = 0.03 > boot's, x1 < boot's x2
+    recs = decide([Claim("a", "a", -1, "r", boot), Claim("b", "b", -1, "r", exact)])
+    assert recs[0]["p_one_sided"] < 0.03 and recs[1]["p_adjusted"] == pytest.approx(recs[0]["p_adjusted"])
+    assert abs(recs[0]["p_adjusted"] - 0.05) < 2 * 2 * boot.mcse
+    assert [r["verdict"] for r in recs] == ["borderline", "borderline"]
+
+
+def test_double_dissociation_opposite_needs_every_half_reversed_and_missing_half_is_not_run():
+    strong, reversed_ = _iv(-1.0, 0.1), _iv(+1.0, 0.1)
+    one = Claim("dd", "dd", +1, "both", halves=[Claim("a", "a", -1, "r", strong), Claim("b", "b", -1, "r", reversed_)])
+    both = Claim("dd", "dd", +1, "both", halves=[Claim("a", "a", -1, "r", reversed_), Claim("b", "b", -1, "r", reversed_)])
+    missing = Claim("dd", "dd", +1, "both", halves=[Claim("a", "a", -1, "r", strong), Claim("b", "b", -1, "r", None)])
+    assert decide([one])[0]["verdict"] == "inconclusive"
+    assert decide([both])[0]["verdict"] == "opposite"
+    assert decide([missing])[0]["verdict"] == "not run"
+
+
+def test_non_finite_scores_are_refused_not_decided():
+    from negdiff.errors import NegdiffError
+
+    with pytest.raises(NegdiffError, match="NaN or inf"):
+        stratum_mean_draws(np.array([1.0, -np.inf, 2.0] * 5))
+    with pytest.raises(NegdiffError, match="non-finite"):
+        mean_t(np.array([1.0, np.nan] * 6))
+    with pytest.raises(NegdiffError, match="non-finite"):
+        t_interval(1.0, float("nan"), 10, 20, "items", "t")
 
 
 # ------------------------------------------------------------------------------------------ claim wiring
@@ -196,9 +249,10 @@ def test_claims_reverse_when_the_effects_reverse():
            "ppl_matched_neg": {"nll": -0.10, "blimp": -0.5, "err": 0.0}, "wn_abs_neg": {"blimp": +0.8, "tse": +0.3}}
     v, check = _verdicts(eff)
     assert v["ppl"]["verdict"] == "opposite"
-    for k in ("blimp_vs_random_neg", "tse_vs_random_neg", "blimp_vs_ppl_matched_neg", "sign_vs_magnitude_blimp",
-              "sign_vs_magnitude_tse"):
+    for k in ("blimp_vs_random_neg", "tse_vs_random_neg", "sign_vs_magnitude_blimp", "sign_vs_magnitude_tse"):
         assert v[k]["verdict"] == "opposite", k
+    # wn_neg lowers perplexity here, so "matched to wn_neg's damage" is undefined: the control claims are gated
+    assert "mismatch undefined" in check["gate"] and v["blimp_vs_ppl_matched_neg"]["verdict"] == "control not matched"
 
 
 def test_null_effects_read_as_does_not_hold_and_unmatched_control_gates():
@@ -212,3 +266,5 @@ def test_null_effects_read_as_does_not_hold_and_unmatched_control_gates():
     assert v["blimp_vs_random_neg"]["verdict"] in ("does not hold", "inconclusive")
     _, failed = _verdicts({**eff, "ppl_matched_neg": {"nll": 0.10}}, gate_ok=False)
     assert "did not match" in failed["gate"]
+    _, undefined = _verdicts({**eff, "wn_neg": {"nll": 0.0}, "ppl_matched_neg": {"nll": 0.0}})
+    assert "mismatch undefined" in undefined["gate"]

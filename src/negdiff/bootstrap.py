@@ -99,8 +99,8 @@ def stratum_mean_draws(values: np.ndarray, strata: Sequence | np.ndarray | None 
         v = v[None]
     if v.shape[1] == 0:
         raise NegdiffError("no items to bootstrap")
-    if np.isnan(v).any():
-        raise NegdiffError("values to bootstrap contain NaN")
+    if not np.isfinite(v).all():
+        raise NegdiffError("values to bootstrap contain NaN or inf (a score of -inf?): refusing to compute an interval")
     groups = _strata(v.shape[1], strata)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(groups))]
     out = np.empty((n_boot, v.shape[0], len(groups)))
@@ -133,6 +133,8 @@ def from_draws(estimate: float, draws: np.ndarray, n: int, units: str, method: s
     b = draws.size
     if n < MIN_UNITS:
         return too_small(estimate, n, units, method)
+    if not (np.isfinite(draws).all() and np.isfinite(estimate)):
+        raise NegdiffError(f"non-finite bootstrap replicates ({method}): refusing to compute an interval")
     lo, hi = np.quantile(draws, [0.025, 0.975])
     lo90, hi90 = np.quantile(draws, [0.05, 0.95])
     pg = (1 + int((draws <= 0).sum())) / (b + 1)
@@ -147,8 +149,8 @@ def t_interval(estimate: float, se: float, df: float, n: int, units: str, method
     """Estimate +- t_{df} x se, and one-sided t p-values."""
     if n < MIN_UNITS:
         return too_small(estimate, n, units, method)
-    if not se > 0:
-        se = 0.0
+    if not (np.isfinite(estimate) and np.isfinite(se) and se >= 0 and df > 0):
+        raise NegdiffError(f"non-finite estimate or standard error ({method}): refusing to compute an interval")
     q95, q90 = _stats.t.ppf(0.975, df), _stats.t.ppf(0.95, df)
     if se == 0.0:
         pg = 0.0 if estimate > 0 else 1.0
@@ -163,6 +165,8 @@ def t_interval(estimate: float, se: float, df: float, n: int, units: str, method
 def mean_t(diffs: np.ndarray, units: str = "windows", method: str = "paired t on per-unit differences") -> Interval:
     """t-interval for the mean of paired per-unit differences (n - 1 degrees of freedom)."""
     d = np.asarray(diffs, dtype=np.float64).ravel()
+    if not np.isfinite(d).all():
+        raise NegdiffError(f"non-finite per-{units[:-1]} values ({method}): refusing to compute an interval")
     if d.size < 2:
         return too_small(float(d.mean()) if d.size else float("nan"), d.size, units, method)
     return t_interval(float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size)), d.size - 1, d.size, units, method)
@@ -178,6 +182,10 @@ def jackknife_t(columns: np.ndarray, stat, units: str = "windows",
         return too_small(point, n, units, method)
     total = x.sum(0)
     loo = np.array([stat((total - x[i]) / (n - 1)) for i in range(n)])
+    if not (np.isfinite(loo).all() and np.isfinite(point)):
+        out = too_small(point, n, units, method)
+        out.extra = {"reason": "the statistic is undefined (non-finite) on the data or a leave-one-out sample"}
+        return out
     se = float(np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum()))
     return t_interval(point, se, n - 1, n, units, method)
 
@@ -190,22 +198,28 @@ def satterthwaite(v_item: float, df_item: float, v_set: float, df_set: float) ->
 
 
 def set_crossed(estimate: float, item_var: float, n_items: int, per_set: np.ndarray, units: str,
-                item_method: str) -> Interval:
-    """Interval for a contrast averaged over K random sets: item variance + s^2_between / K, t reference.
+                item_method: str, set_noise: float = 0.0) -> Interval:
+    """Interval for a contrast averaged over K random sets: item variance + between-set variance, t reference.
 
-    ``per_set`` holds the contrast computed against each set alone (K values); ``item_var`` is the
-    variance of the K-set average under item resampling (shared indices across sets).
+    ``per_set`` holds the contrast computed against each set alone (K values); ``item_var`` is the variance of
+    the K-set average under item resampling (shared indices across sets). The sample variance of the per-set
+    values contains, besides the true between-set variance, each set's own item noise, which ``item_var``
+    already counts; ``set_noise`` = mean over sets of the item-resampling variance of (set_k - set average)
+    removes it: v_between = max(0, s^2/K - set_noise/(K-1)). Without that term the interval is conservative.
     """
     k = len(per_set)
-    v_set = float(np.var(per_set, ddof=1) / k) if k > 1 else float("nan")
-    method = f"{item_method} + between-set variance s^2/K (K = {k}), t with Welch-Satterthwaite df"
-    if k < 2 or not np.isfinite(v_set):
+    method = (f"{item_method} + between-set variance (K = {k}; s^2/K less each set's own item noise), "
+              "t with Welch-Satterthwaite df")
+    if k < 2:
         out = too_small(estimate, k, "random sets", method)
         out.extra = {"reason": "fewer than 2 random sets: the between-set variance cannot be estimated"}
         return out
+    s2_over_k = float(np.var(per_set, ddof=1) / k)
+    v_set = max(0.0, s2_over_k - set_noise / (k - 1))
     df = satterthwaite(item_var, n_items - 1, v_set, k - 1)
     out = t_interval(estimate, float(np.sqrt(item_var + v_set)), df, n_items, units, method)
-    out.extra = {"k_sets": k, "var_items": item_var, "var_between_sets_over_k": v_set, "per_set": [float(x) for x in per_set]}
+    out.extra = {"k_sets": k, "var_items": item_var, "var_between_sets_over_k": v_set, "s2_over_k": s2_over_k,
+                 "set_item_noise": set_noise, "per_set": [float(x) for x in per_set]}
     return out
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from negdiff.bootstrap import (
+    MIN_UNITS,
     N_BOOT,
     Interval,
     from_draws,
@@ -35,6 +36,7 @@ from negdiff.bootstrap import (
     pooled,
     set_crossed,
     stratum_mean_draws,
+    too_small,
 )
 from negdiff.errors import NegdiffError
 
@@ -118,7 +120,8 @@ class Contrasts:
         rows = []
         for c in conds:
             frame = self.items[c][task]
-            if len(frame) != len(ref) or not frame["item_id"].is_unique:
+            if len(frame) != len(ref) or not frame["item_id"].is_unique or not ref["item_id"].is_unique or \
+                    set(frame["item_id"]) != set(order):
                 raise NegdiffError(f"{c} and {self.reference} were scored on different {task} items; cannot pair them")
             frame = frame.set_index("item_id").loc[order].reset_index()
             rows.append(readout_values(task, frame, readout))
@@ -159,15 +162,20 @@ class Contrasts:
         many = len(ia) > 1 or len(ib) > 1
         if len(ia) > 1 and len(ib) > 1:
             raise NegdiffError("a contrast between two groups of random sets is not defined")
+        sets = ia if len(ia) > 1 else ib
         if task == "perplexity":
             v = mat["values"]
             diffs = v[ib].mean(0) - v[ia].mean(0)
             per_set = [float((v[j] - v[i]).mean()) for i in ia for j in ib] if many else None
-            return {"estimate": float(diffs.mean()), "unit_diffs": diffs, "per_set": per_set, "n": mat["n"]}
+            noise = float(np.mean([(v[k] - v[sets].mean(0)).var(ddof=1) / mat["n"] for k in sets])) if many else 0.0
+            return {"estimate": float(diffs.mean()), "unit_diffs": diffs, "per_set": per_set, "n": mat["n"],
+                    "set_noise": noise}
         pd_, pt = mat["pooled_draws"], mat["pooled"]
         draws = pd_[:, ib].mean(1) - pd_[:, ia].mean(1)
         per_set = [float(pt[j] - pt[i]) for i in ia for j in ib] if many else None
-        return {"estimate": float(pt[ib].mean() - pt[ia].mean()), "draws": draws, "per_set": per_set, "n": mat["n"]}
+        noise = float(np.mean([(pd_[:, k] - pd_[:, sets].mean(1)).var(ddof=1) for k in sets])) if many else 0.0
+        return {"estimate": float(pt[ib].mean() - pt[ia].mean()), "draws": draws, "per_set": per_set, "n": mat["n"],
+                "set_noise": noise}
 
     def interval(self, task: str, readout: str, a: str, b: str) -> Interval:
         """The interval of b - a for one task and read-out."""
@@ -181,17 +189,22 @@ class Contrasts:
                 return mean_t(d, units, "paired t on per-window mean-NLL differences, n - 1 df")
             item_var = float(d.var(ddof=1) / d.size) if d.size > 1 else float("nan")
             return set_crossed(p["estimate"], item_var, p["n"], np.array(p["per_set"]), units,
-                               "per-window paired differences")
+                               "per-window paired differences", p["set_noise"])
         strat = f"stratified by {STRATA[task]}, " if task in STRATA else ""
         method = f"paired percentile bootstrap over {units} ({strat}{self.n_boot} replicates, shared indices)"
         if p["per_set"] is None:
             return from_draws(p["estimate"], p["draws"], p["n"], units, method, self.seed)
         return set_crossed(p["estimate"], float(p["draws"].var(ddof=1)), p["n"], np.array(p["per_set"]), units,
-                           f"item bootstrap ({strat}{self.n_boot} replicates, shared indices)")
+                           f"item bootstrap ({strat}{self.n_boot} replicates, shared indices)", p["set_noise"])
 
     def mean_error(self, a: str, b: str, tasks: list[str]) -> Interval:
         """Change (b - a) of the mean error (1 - acc) over ``tasks``, each benchmark resampled on its own."""
         parts = [self.parts(t, "acc", a, b) for t in tasks]
+        small = [t for t, p in zip(tasks, parts, strict=True) if p["n"] < MIN_UNITS]
+        if small:
+            est = -float(np.mean([p["estimate"] for p in parts]))
+            return too_small(est, min(p["n"] for p in parts), "items per benchmark",
+                             f"mean error: {', '.join(small)} below {MIN_UNITS} items")
         est = -float(np.mean([p["estimate"] for p in parts]))
         draws = -np.mean([p["draws"] for p in parts], axis=0)
         n = sum(p["n"] for p in parts)
@@ -200,8 +213,10 @@ class Contrasts:
                       f"({self.n_boot} replicates)")
             return from_draws(est, draws, n, "items", method, self.seed)
         per_set = -np.mean([p["per_set"] for p in parts], axis=0)
+        noise = float(np.sum([p["set_noise"] for p in parts])) / len(parts) ** 2  # independent benchmarks
         return set_crossed(est, float(draws.var(ddof=1)), n, per_set, "items",
-                           f"item bootstrap, each of {len(tasks)} benchmarks independently ({self.n_boot} replicates)")
+                           f"item bootstrap, each of {len(tasks)} benchmarks independently ({self.n_boot} replicates)",
+                           noise)
 
     def per_stratum(self, task: str, readout: str, a: str, b: str) -> list[dict[str, Any]]:
         """b - a within each stratum (paradigm / task): exploratory, unadjusted percentile CIs."""

@@ -31,7 +31,6 @@ import numpy as np
 from scipy import stats as _stats
 
 from negdiff.bootstrap import Interval
-from negdiff.inference import holm
 
 STATES = ("holds", "opposite", "does not hold", "inconclusive", "borderline", "control not matched", "n too small",
           "not run")
@@ -73,20 +72,23 @@ def _p_claimed(c: Claim) -> tuple[float | None, float]:
 def _p_opposite(c: Claim) -> float | None:
     if c.halves:
         ps = [_p_opposite(h) for h in c.halves]
-        return None if any(p is None for p in ps) else min(ps)  # one half reversed reverses the conjunction
+        return None if any(p is None for p in ps) else max(ps)  # opposite only when every half is reversed
     iv = c.interval
     if iv is None or iv.too_small:
         return None
     return iv.p_less if c.sign > 0 else iv.p_greater
 
 
-def _equivalent(c: Claim) -> bool:
+def _equivalent(c: Claim, ci: str = "ci90") -> bool:
+    """TOST at 5%: the 90% CI inside +-margin. For an intersection claim, one half shown negligible suffices,
+    so each half is tested at 2.5% (its 95% CI inside the margin; Bonferroni over the two halves)."""
     if c.halves:
-        return any(_equivalent(h) for h in c.halves)
+        return any(_equivalent(h, "ci") for h in c.halves)
     iv = c.interval
-    if iv is None or iv.too_small or c.margin is None or iv.ci90 is None:
+    bounds = getattr(iv, ci, None) if iv is not None else None
+    if iv is None or iv.too_small or c.margin is None or bounds is None:
         return False
-    return -c.margin < iv.ci90[0] and iv.ci90[1] < c.margin
+    return -c.margin < bounds[0] and bounds[1] < c.margin
 
 
 def mde(iv: Interval, level: float, power: float = POWER) -> float | None:
@@ -111,34 +113,58 @@ def _ruled_out(c: Claim) -> str | None:
     return f"effects {side} {bound:+.4g} {c.unit} (95% CI bound on the claimed side)".rstrip()
 
 
+def _holm_path(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Holm-adjusted p-values, each step's multiplier, and which claim's step sets each adjusted value (the
+    running maximum can carry an earlier claim's p, and with it that claim's Monte-Carlo error)."""
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    steps = (m - np.arange(m)) * p[order]
+    adj, src = np.empty(m), np.empty(m, dtype=int)
+    best, who = -np.inf, -1
+    for rank, i in enumerate(order):
+        if steps[rank] > best:
+            best, who = steps[rank], i
+        adj[i], src[i] = min(best, 1.0), who
+    mult = np.empty(m)
+    mult[order] = m - np.arange(m)
+    return adj, mult, src
+
+
 def decide(claims: list[Claim], alpha: float = ALPHA) -> list[dict[str, Any]]:
     """Verdicts for a fixed family of claims (see the module docstring); one record per claim."""
     m = len(claims)
     raw = [_p_claimed(c) for c in claims]
     p = np.array([1.0 if (pv is None or c.gate) else pv for (pv, _), c in zip(raw, claims, strict=True)])
-    adj = holm(p) if m else np.array([])
-    order = np.argsort(p, kind="stable")
-    mult = np.empty(m)
-    mult[order] = m - np.arange(m)
+    adj, mult, src = _holm_path(p) if m else (np.array([]), np.array([]), np.array([], dtype=int))
     out = []
     for i, c in enumerate(claims):
-        pv, mcse = raw[i]
+        pv, _ = raw[i]
+        j = int(src[i]) if m else i
+        adj_mcse = raw[j][1] * mult[j] if m else 0.0  # the MC error of the step that sets this adjusted p
         p_opp = _p_opposite(c)
-        state = _state(c, pv, float(adj[i]), mcse * mult[i], p_opp, m, alpha)
+        opp_mcse = _opp_mcse(c) * m
+        state = _state(c, pv, float(adj[i]), adj_mcse, p_opp, opp_mcse, m, alpha)
         rec: dict[str, Any] = {"id": c.id, "claim": c.text, "verdict": state, "readout": c.readout,
-                               "direction": "> 0" if c.sign > 0 else "< 0", "unit": c.unit,
-                               "p_one_sided": pv, "p_adjusted": None if pv is None or c.gate else float(adj[i]),
+                               "direction": ("both halves" if c.halves else "> 0" if c.sign > 0 else "< 0"),
+                               "unit": c.unit, "p_one_sided": pv,
+                               "p_adjusted": None if pv is None or c.gate else float(adj[i]),
                                "p_opposite": p_opp, "alpha": alpha, "family_size": m, "margin": c.margin,
-                               "adjustment": "Holm over the family (one-sided, claimed direction)"}
+                               "adjustment": "Holm over the family (one-sided, claimed direction); opposite: "
+                                             "Bonferroni over the family"}
         if c.interval is not None:
             iv = c.interval
             rec.update(estimate=iv.estimate, ci=list(iv.ci) if iv.ci else None, ci_note="95%, unadjusted",
                        ci90=list(iv.ci90) if iv.ci90 else None, n=iv.n, units=iv.units, method=iv.method,
-                       mde=mde(iv, alpha / m), mde_level=alpha / m, interval=iv.to_dict())
+                       mde=mde(iv, alpha / m), mde_level=alpha / m, n_boot=iv.n_boot, interval=iv.to_dict())
             rec["ruled_out"] = _ruled_out(c) if state in ("inconclusive", "borderline") else None
+            if state == "holds" and c.margin is not None and iv.ci is not None and abs(iv.estimate) < c.margin:
+                rec["note"] = "holds, but the estimate is inside the declared equivalence margin (small effect)"
         if c.halves:
             rec["halves"] = decide_halves(c.halves, alpha / m)
-            rec["rule"] = "intersection-union: holds only if every half holds; p = max over halves"
+            rec["rule"] = ("intersection-union: holds only if every half holds, p = max over halves; opposite only "
+                           "if every half is reversed; does not hold if one half's 95% CI lies inside its margin")
+            if state in ("inconclusive", "borderline"):
+                rec["ruled_out"] = "; ".join(f"{h['id']}: {h['ruled_out']}" for h in rec["halves"] if h.get("ruled_out"))
         if c.also:
             rec["also"] = {k: v.to_dict() for k, v in c.also.items()}
             rec["readouts_disagree_in_sign"] = any(
@@ -151,6 +177,12 @@ def decide(claims: list[Claim], alpha: float = ALPHA) -> list[dict[str, Any]]:
     return out
 
 
+def _opp_mcse(c: Claim) -> float:
+    if c.halves:
+        return max((_opp_mcse(h) for h in c.halves), default=0.0)
+    return c.interval.mcse if c.interval is not None else 0.0
+
+
 def decide_halves(halves: list[Claim], level: float) -> list[dict[str, Any]]:
     """Each half of an intersection claim, shown with its own estimate, CI and one-sided p."""
     recs = []
@@ -159,14 +191,14 @@ def decide_halves(halves: list[Claim], level: float) -> list[dict[str, Any]]:
         iv = h.interval
         recs.append({"id": h.id, "claim": h.text, "readout": h.readout, "p_one_sided": pv, "unit": h.unit,
                      "estimate": iv.estimate if iv else None, "ci": list(iv.ci) if iv and iv.ci else None,
-                     "n": iv.n if iv else None, "mde": mde(iv, level) if iv else None,
-                     "interval": iv.to_dict() if iv else None})
+                     "ci_note": "95%, unadjusted", "n": iv.n if iv else None, "mde": mde(iv, level) if iv else None,
+                     "ruled_out": _ruled_out(h), "interval": iv.to_dict() if iv else None})
     return recs
 
 
-def _state(c: Claim, p: float | None, p_adj: float, adj_mcse: float, p_opp: float | None, m: int,
-           alpha: float) -> str:
-    if c.interval is None and not c.halves:
+def _state(c: Claim, p: float | None, p_adj: float, adj_mcse: float, p_opp: float | None, opp_mcse: float,
+           m: int, alpha: float) -> str:
+    if (c.interval is None and not c.halves) or any(h.interval is None for h in c.halves):
         return "not run"
     if c.gate:
         return "control not matched"
@@ -176,8 +208,11 @@ def _state(c: Claim, p: float | None, p_adj: float, adj_mcse: float, p_opp: floa
         return "borderline"
     if p_adj <= alpha:
         return "holds"
-    if p_opp is not None and min(1.0, p_opp * m) <= alpha:
-        return "opposite"
+    if p_opp is not None:
+        if opp_mcse > 0 and abs(min(1.0, p_opp * m) - alpha) <= 2 * opp_mcse:
+            return "borderline"
+        if min(1.0, p_opp * m) <= alpha:
+            return "opposite"
     if _equivalent(c):
         return "does not hold"
     return "inconclusive"

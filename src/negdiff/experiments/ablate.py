@@ -22,6 +22,7 @@ import torch
 
 from negdiff import conditions
 from negdiff.bootstrap import MIN_UNITS, N_BOOT
+from negdiff.bos import BOS_POLICIES
 from negdiff.conditions import Condition
 from negdiff.data import corpus_documents, token_windows
 from negdiff.errors import NegdiffError
@@ -305,7 +306,7 @@ def register(sub) -> None:
     p.add_argument("--controls-on-nongram", action="store_true", help="score the sign/magnitude controls on the 8 benchmarks too")
     p.add_argument("--no-dose", action="store_true", help="skip the dose-response sweep")
     p.add_argument("--full", action="store_true", help="paper-size run: every item of every task (GPU advised)")
-    p.add_argument("--bos", choices=("prefix", "tokenizer_default", "bos_token"), default=d.bos)
+    p.add_argument("--bos", choices=BOS_POLICIES, default=d.bos)
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens,
                    help="padded tokens per forward (default: 256 on CPU, 16384 on CUDA)")
     p.add_argument("--out", required=True)

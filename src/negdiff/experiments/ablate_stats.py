@@ -53,11 +53,19 @@ def match_check(con: Contrasts, search: dict[str, Any], tol: float) -> dict[str,
         return float((pm - wn) / wn) if wn != 0 else float("nan")
 
     iv = con.window_function("perplexity", ["baseline", "wn_neg", "ppl_matched_neg"], mismatch)
-    out: dict[str, Any] = {"mismatch": iv.to_dict(), "tolerance": tol, "search_matched": bool(search.get("matched"))}
+    wn = con.interval("perplexity", "nll", "baseline", "wn_neg")
+    out: dict[str, Any] = {"mismatch": iv.to_dict(), "tolerance": tol, "search_matched": bool(search.get("matched")),
+                           "wn_neg_delta_nll": wn.to_dict(),
+                           "meaning": "matched = not shown to be unmatched: the mismatch CI is not entirely outside "
+                                      "the tolerance (a wide CI passes; its width is reported)"}
     if not search.get("matched"):
         out["gate"] = f"the perplexity-matched search did not match: {search.get('reason', 'closest point outside tolerance')}"
-    elif iv.ci is None:
-        out["gate"] = "matching cannot be checked: fewer than 10 reported perplexity windows"
+    elif wn.ci is None or iv.ci is None:
+        out["gate"] = ("matching cannot be checked: " + (iv.extra.get("reason") or wn.extra.get("reason") or
+                                                         "fewer than 10 reported perplexity windows"))
+    elif wn.ci[0] <= 0:
+        out["gate"] = ("mismatch undefined: wn_neg's perplexity change on the reported windows is not distinguishable "
+                       f"from 0 ({wn.estimate:+.4f} nats, 95% CI [{wn.ci[0]:+.4f}, {wn.ci[1]:+.4f}])")
     elif iv.ci[0] > tol or iv.ci[1] < -tol:
         out["gate"] = (f"on the reported windows the control does {100 * iv.estimate:+.0f}% "
                        f"[{100 * iv.ci[0]:+.0f}, {100 * iv.ci[1]:+.0f}] of wn_neg's perplexity damage, outside +-{100 * tol:.0f}%")
@@ -99,7 +107,10 @@ def analyze(results: dict[str, dict], conditions: list, search: dict, dose: list
             rows = con.per_stratum(t, "margin", "baseline", "wn_neg")
             exploratory[t] = {"comparisons": len(rows), "note": "exploratory: unadjusted 95% CIs, one per stratum; "
                               "expect about 5% of them to exclude 0 by chance", "wn_neg_minus_baseline_margin": rows}
-    return {"format": "negdiff.ablation/2", "protocol": PROTOCOL, "order": order, "groups": groups, "value": value,
+    protocol = {**PROTOCOL, "n_boot": cfg.n_boot, "seed": cfg.seed}
+    if cfg.n_boot < N_BOOT:
+        protocol["note"] = f"provisional: {cfg.n_boot} bootstrap replicates (< {N_BOOT}); decisions need {N_BOOT}"
+    return {"format": "negdiff.ablation/2", "protocol": protocol, "order": order, "groups": groups, "value": value,
             "delta": delta, "claims": claims, "ppl_matched": {k: v for k, v in search.items() if k != "neurons"},
             "ppl_matched_check": check, "exploratory": exploratory,
             "dose": {"rows": dose, "ppl_doubles_at": _doubling(dose)},
@@ -130,23 +141,25 @@ def build_claims(con: Contrasts, items: dict, groups: dict[str, list[str]], chec
     out = [Claim("ppl", "zeroing the WN's negative pre-activations raises perplexity", +1,
                  "perplexity: mean NLL per window, wn_neg - baseline", iv("perplexity", "nll", "baseline", "wn_neg"),
                  MARGIN["nll"], "nats")]
-    gate = (check or {}).get("gate") if check else "no perplexity-matched control was run"
+    gate = check.get("gate") if check else None
     for control in ("random_neg", "ppl_matched_neg"):
         for task in ("blimp", "tse"):
             out.append(Claim(f"{task}_vs_{control}", f"wn_neg hurts {task.upper()} more than {control}", -1,
                              f"{task}: margin change, wn_neg - {control}", iv(task, "margin", control, "wn_neg"),
                              MARGIN[f"{task}_margin"], "nats", also=_also(iv(task, "acc", control, "wn_neg")),
-                             gate=gate if control == "ppl_matched_neg" else None))
+                             gate=gate if control == "ppl_matched_neg" else None,
+                             extra={"matching": check} if control == "ppl_matched_neg" else {}))
     ng = [t for t in NONGRAM if has("wn_neg", t) and has("ppl_matched_neg", t)]
     syntax = Claim("dd_syntax", "syntax half: wn_neg hurts BLiMP more than ppl_matched_neg", -1,
                    "blimp: margin change, wn_neg - ppl_matched_neg", iv("blimp", "margin", "ppl_matched_neg", "wn_neg"),
-                   MARGIN["blimp_margin"], "nats")
+                   MARGIN["blimp_margin"], "nats", also=_also(iv("blimp", "acc", "ppl_matched_neg", "wn_neg")))
     other = Claim("dd_nongram", "non-grammatical half: ppl_matched_neg raises the mean error more than wn_neg", +1,
                   "mean error over the 8 benchmarks, ppl_matched_neg - wn_neg",
                   con.mean_error("wn_neg", "ppl_matched_neg", ng) if ng else None, MARGIN["mean_error"], "error (fraction)")
     out.append(Claim("double_dissociation", "double dissociation: wn_neg hurts syntax more, ppl_matched_neg hurts the "
                      "non-grammatical suite more (both halves needed)", +1, "both halves (intersection-union)",
-                     halves=[syntax, other], gate=gate if ng else "the non-grammatical suite was not run"))
+                     halves=[syntax, other], gate=gate,
+                     extra={"matching": check}))
     for task in ("blimp", "tse"):
         out.append(Claim(f"sign_vs_magnitude_{task}", f"the sign matters more than the magnitude ({task.upper()}: "
                          "flipping negative outputs hurts more than making positive inputs linear)", -1,
@@ -242,18 +255,23 @@ def claim_lines(claims: list[dict[str, Any]]) -> list[str]:
             line += f" [{c['readout']}: {c['estimate']:+.4g} {c['unit']}, n = {c['n']} {c['units']}: n too small]"
         for h in c.get("halves", []):
             if h.get("ci"):
-                line += f"; {h['id']}: {h['estimate']:+.4g} [{h['ci'][0]:+.4g}, {h['ci'][1]:+.4g}] p1 = {h['p_one_sided']:.3g}"
+                line += (f"; {h['id']} ({h['readout']}): {h['estimate']:+.4g} {h['unit']}, 95% CI (unadjusted) "
+                         f"[{h['ci'][0]:+.4g}, {h['ci'][1]:+.4g}], one-sided p = {h['p_one_sided']:.3g}, "
+                         f"MDE(80%) = {h['mde']:.3g}")
         if c.get("p_adjusted") is not None and c.get("halves"):
             line += f"; Holm p = {c['p_adjusted']:.3g}"
         for name, a in (c.get("also") or {}).items():
             if a.get("ci"):
-                line += f"; {name}: {100 * a['estimate']:+.1f} pts [{100 * a['ci'][0]:+.1f}, {100 * a['ci'][1]:+.1f}]"
+                line += (f"; {name}: {100 * a['estimate']:+.1f} pts, 95% CI (unadjusted) "
+                         f"[{100 * a['ci'][0]:+.1f}, {100 * a['ci'][1]:+.1f}]")
         if c.get("readouts_disagree_in_sign"):
             line += " (read-outs disagree in sign)"
         if c.get("ruled_out"):
             line += f"; rules out {c['ruled_out']}"
         if c.get("gate"):
             line += f"; {c['gate']}"
+        if c.get("note"):
+            line += f"; {c['note']}"
         out.append(line)
     return out
 
