@@ -107,11 +107,14 @@ def test_deltas_and_additivity_by_hand():
     p = add["perplexity", "overall", "nll"]  # per window: (all_i - base_i) - sum_g (g_i - base_i)
     assert p["interaction"]["diff"] == pytest.approx(np.mean([0.0, 0.0, 0.5])) and p["interaction"]["too_small"]
     assert add["blimp", "agr", "acc"]["exploratory"] is True and add["blimp", "overall", "acc"]["exploratory"] is False
-    worst = layers_stats.most_degraded(deltas, "g1-2", 5)
+    small = layers_stats.most_degraded(deltas, "g1-2", 5)  # 3 items each: never ranked
+    assert small["rows"] == [] and small["excluded_too_small"] == 2 and "2 smaller read-outs not ranked" in small["note"]
+    big = deltas.assign(too_small=False)  # the same deltas as if each read-out had >= 10 items
+    worst = layers_stats.most_degraded(big, "g1-2", 5)
     assert [(w["readout"], round(w["diff"], 6)) for w in worst["rows"]] == [("agr", round(-2 / 3, 6)),
                                                                            ("isl", round(-1 / 3, 6))]
-    assert worst["comparisons"] == 2 and worst["note"] == "exploratory: 2 of 2 read-outs, unadjusted"
-    assert layers_stats.most_degraded(deltas, "g2", 5)["rows"][0]["readout"] == "isl"
+    assert worst["comparisons"] == 2 and worst["note"] == "exploratory: 2 of 2 read-outs with >= 10 items, unadjusted"
+    assert layers_stats.most_degraded(big, "g2", 5)["rows"][0]["readout"] == "isl"
     assert layers_stats.fmt("perplexity", "nll", ppl) == f"{np.exp(2.5) - np.exp(2.0):+.2f} (n = 3: too small)"
 
 
@@ -225,7 +228,7 @@ def test_run_layers_end_to_end_recomputed_and_resumed(tiny_model_dir, scan_dir, 
         + deltas.loc[("g2", "perplexity", "overall", "overall", "nll"), "diff_nll"])
     assert any(line.startswith("additivity blimp") for line in rec["summary_lines"])
     assert "exploratory:" in saved["most_degraded_all_groups"]["note"]
-    assert any("exploratory:" in line and "read-outs, unadjusted" in line for line in rec["summary_lines"])
+    assert any("exploratory:" in line and "unadjusted" in line for line in rec["summary_lines"])
 
     calls = []
     monkeypatch.setattr(conditions, "evaluate", lambda *a, **k: calls.append(a) or {})

@@ -38,7 +38,7 @@ def _figures(run: Path) -> list[Path]:
 
 def markdown(run: str | Path) -> str:
     """The report as Markdown (figures linked by relative path)."""
-    from negdiff.experiments.ablate_stats import claim_lines, table_markdown
+    from negdiff.experiments.ablate_stats import claim_lines, table_lines, table_markdown
 
     run = Path(run)
     parts = _load(run)
@@ -58,7 +58,8 @@ def markdown(run: str | Path) -> str:
         lines += [x.replace("- ", "- **", 1).replace(": ", "**: ", 1) for x in claim_lines(a["claims"])]
         pm = a.get("ppl_matched", {})
         lines += ["", f"Perplexity-matched control: m = {100 * pm.get('m', 0):.2f}% of each layer ({pm.get('n_neurons')} "
-                  f"neurons), matched: {pm.get('matched')}.", ""]
+                  f"neurons), search matched on the calibration windows: {pm.get('matched')}."]
+        lines += [x for x in table_lines(a) if x.startswith("ppl-matched control on the reported windows")] + [""]
         if a["dose"]["rows"]:
             dd = a["dose"]["ppl_doubles_at"]
             lines.append(f"Dose response: perplexity doubles at p = {100 * dd:.2f}% per layer." if dd else

@@ -32,7 +32,7 @@ from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
 from negdiff.results import config_key, read_json, write_json
 from negdiff.scoring import ScoringConfig, window_nlls
-from negdiff.select import CLI_CRITERIA, random_like, select_lowest, select_wasserstein
+from negdiff.select import CLI_CRITERIA, check_criterion, random_like, select_lowest, select_wasserstein
 from negdiff.tasks import expand_tasks
 from negdiff.tasks_core import EvalConfig
 
@@ -68,7 +68,8 @@ class AblateConfig:
     bos: str = "prefix"
 
     def __post_init__(self) -> None:
-        """Refuse sizes whose statistics would mean nothing, before any model work."""
+        """Refuse sizes whose statistics would mean nothing, and removed criteria, before any model work."""
+        check_criterion(self.criterion)
         if self.seeds < 1:
             raise NegdiffError(f"--seeds must be >= 1 random set, got {self.seeds}")
         if self.ppl_window < 16:

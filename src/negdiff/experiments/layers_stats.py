@@ -159,13 +159,17 @@ def most_degraded(deltas: pd.DataFrame, condition: str, top: int = 5, measure: s
     Exploratory: the largest of many unadjusted deltas is biased away from zero and its CI does not cover
     at 95% once it was chosen for being the largest; the record says how many read-outs it chose from.
     """
-    pool = deltas[(deltas.condition == condition) & deltas.kind.isin(PHENOMENA) & (deltas.measure == measure)]
+    everything = deltas[(deltas.condition == condition) & deltas.kind.isin(PHENOMENA) & (deltas.measure == measure)]
+    pool = everything[~everything.too_small]  # a read-out under 10 items is never ranked: its delta is noise
     rows = pool[pool["diff"] < 0].sort_values("diff", kind="stable").head(top)
     shown = [{"task": r.task, "readout": r.readout, "diff": float(r["diff"]),
               "ci_low": None if r.too_small else float(r.ci_low), "ci_high": None if r.too_small else float(r.ci_high),
               "base": float(r.base), "n": int(r.n), "too_small": bool(r.too_small)} for _, r in rows.iterrows()]
     return {"condition": condition, "measure": measure, "comparisons": int(len(pool)), "shown": len(shown),
-            "note": f"exploratory: {len(shown)} of {len(pool)} read-outs, unadjusted", "rows": shown}
+            "excluded_too_small": int(len(everything) - len(pool)),
+            "note": f"exploratory: {len(shown)} of {len(pool)} read-outs with >= 10 items, unadjusted"
+                    + (f" ({len(everything) - len(pool)} smaller read-outs not ranked)" if len(everything) > len(pool) else ""),
+            "rows": shown}
 
 
 def group_profile(deltas: pd.DataFrame, groups: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
