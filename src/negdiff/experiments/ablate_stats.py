@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from negdiff.bootstrap import N_BOOT
-from negdiff.contrasts import NONGRAM, Contrasts, ppl_cell
+from negdiff.contrasts import NONGRAM, Contrasts, ppl_cell, readouts_of
 from negdiff.decide import ALPHA, Claim, decide
 from negdiff.results import write_json
 
@@ -86,7 +86,7 @@ def analyze(results: dict[str, dict], conditions: list, search: dict, dose: list
         tasks = list(items[groups[g][0]])
         value[g] = {}
         for t in tasks:
-            for r in _readouts(items, t):
+            for r in readouts_of(t, items["baseline"][t]):
                 key = t if r in ("nll", "acc") else f"{t}:{r}"
                 value[g][key] = con.value(g, t, r)
                 if g == "baseline":
@@ -115,12 +115,6 @@ def analyze(results: dict[str, dict], conditions: list, search: dict, dose: list
             "ppl_matched_check": check, "exploratory": exploratory,
             "dose": {"rows": dose, "ppl_doubles_at": _doubling(dose)},
             "set_sizes": {c.name: c.neurons.size for c in conditions}}
-
-
-def _readouts(items: dict, task: str) -> list[str]:
-    from negdiff.contrasts import readouts_of
-
-    return readouts_of(task, items["baseline"][task])
 
 
 def _cell(iv) -> dict[str, Any]:
