@@ -16,6 +16,13 @@ Group rule (``layer_groups``): by default 8 groups of consecutive layers whose s
 one, the larger groups first (``numpy.array_split``): 32 layers -> 8 x 4 (the paper's), 30 -> 4,4,4,4,
 4,4,3,3, 12 -> 2,2,2,2,1,1,1,1; fewer than 8 layers -> one layer per group. ``--group-size G`` instead
 cuts groups of G layers from the bottom, the last one shorter when G does not divide the depth.
+
+Layer cache (``--layer-cache-mb``, default 2048; 0 = off): an edit on layers >= L leaves the residual
+stream below L as some earlier condition had it, so the baseline records the stream entering each group
+boundary, single group k and the cumulative runs record where their successors start, and every condition
+runs only the layers above its deepest shared boundary (:mod:`negdiff.layer_cache_plan`): on 8 groups half
+of all layer passes are skipped. Same scores within 1e-5; beyond the memory budget entries spill to disk
+(``--layer-cache-disk-mb``) and beyond that are recomputed. ``layers.json`` says what each condition replayed.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from negdiff.experiments import layers_stats
 from negdiff.experiments.scan import load_wn as scan_wn
 from negdiff.experiments.scan import wn_path
 from negdiff.hooks import POST_MODES, PRE_MODES
+from negdiff.layer_cache_plan import PrefixCache
 from negdiff.models import LoadedModel
 from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
@@ -66,6 +74,8 @@ class LayersConfig:
     seed: int = 0
     batch_tokens: int | None = None
     bos: str = "prefix"
+    layer_cache_mb: int = 2048  # residual streams kept in memory to skip unedited lower layers; 0: off
+    layer_cache_disk_mb: int = 4096  # beyond memory, spilled under <out>/layer_cache_tmp_*; beyond that, recomputed
 
     def __post_init__(self) -> None:
         if self.mode not in PRE_MODES and self.mode not in POST_MODES:
@@ -74,6 +84,9 @@ class LayersConfig:
                           ("--ppl-tokens", self.ppl_tokens), ("--n-boot", self.n_boot)):
             if val is not None and val < 1:
                 raise NegdiffError(f"{name} must be at least 1, got {val}")
+        for name, val in (("--layer-cache-mb", self.layer_cache_mb), ("--layer-cache-disk-mb", self.layer_cache_disk_mb)):
+            if val < 0:
+                raise NegdiffError(f"{name} must be >= 0 (0 disables), got {val}")
         if self.ppl_window < 16:  # as ablate's
             raise NegdiffError(f"--ppl-window must be >= 16 tokens, got {self.ppl_window}")
 
@@ -166,6 +179,16 @@ def perplexity_windows(cfg: LayersConfig, base: dict[str, Any]) -> dict[str, Any
             f"{n} windows: perplexity deltas are point estimates only (n too small, < {MIN_UNITS})"}
 
 
+def layer_cache(loaded: LoadedModel, conds: list[Condition], groups: list[list[int]], cfg: LayersConfig,
+                out: Path) -> PrefixCache:
+    """The residual-stream cache of a run: recorded at the group boundaries, replayed by every condition whose
+    edits below a boundary match an earlier condition's (baseline: lowest edited group >= 2; cumulative
+    g1..k: from g1..k-1 at group k). Results equal the uncached run within 1e-5 (tests/test_layer_cache.py)."""
+    return PrefixCache(loaded.model, [(c.neurons, c.mode) for c in conds], [g[0] for g in groups[1:]],
+                       cfg.layer_cache_mb, cfg.layer_cache_disk_mb, out,
+                       names=[c.name for c in conds])
+
+
 def load_wn(loaded: LoadedModel, scan_dir: Path) -> tuple[NeuronSet, dict]:
     wn = scan_wn(loaded, scan_dir)
     return wn, results.read_json(scan_dir / "scan.json") if (scan_dir / "scan.json").is_file() else {}
@@ -187,11 +210,13 @@ def run_layers(loaded: LoadedModel, scan_dir: str | Path, cfg: LayersConfig, out
     conds = build_conditions(wn, groups, tasks, cfg.mode)
     t0 = time.time()
     res, seconds = {}, {}
-    for k, cond in enumerate(conds, 1):
-        status(f"layers [{k}/{len(conds)}] {cond.name}: {cond.neurons.size} WN in layers "
-               f"{cond.neurons.layers[0] if cond.neurons.size else '-'}..{cond.neurons.layers[-1] if cond.neurons.size else '-'}")
-        res[cond.name] = run_condition(loaded, cond, cfg, out, key, force)
-        seconds[cond.name] = res[cond.name].get("seconds")
+    with layer_cache(loaded, conds, groups, cfg, out) as cache:
+        for k, cond in enumerate(conds, 1):
+            status(f"layers [{k}/{len(conds)}] {cond.name}: {cond.neurons.size} WN in layers "
+                   f"{cond.neurons.layers[0] if cond.neurons.size else '-'}..{cond.neurons.layers[-1] if cond.neurons.size else '-'}")
+            with cache.step(k - 1):
+                res[cond.name] = run_condition(loaded, cond, cfg, out, key, force)
+            seconds[cond.name] = res[cond.name].get("seconds")
     items = {name: r["items"] for name, r in res.items()}
     names = [c.name for c in conds if c.name != "baseline"]
     spans = plan_spans(len(groups))
@@ -212,6 +237,7 @@ def run_layers(loaded: LoadedModel, scan_dir: str | Path, cfg: LayersConfig, out
                        "differences (diff_nll*); acc: fraction (x100 = points); margin: nats",
         "min_units_for_ci": MIN_UNITS,
         "seconds_per_condition": seconds, "seconds_total": time.time() - t0, "versions": results.versions(),
+        "layer_cache": cache.summary(),
     }
     record["summary_lines"] = layers_stats.summary_lines(record, deltas)
     results.write_parquet(out / "deltas.parquet", deltas)
@@ -234,8 +260,8 @@ def _cmd_layers(args) -> int:
                        blimp_limit=_limit(args.blimp_limit, d.blimp_limit), tse_limit=_limit(args.tse_limit, d.tse_limit),
                        nongram_limit=_limit(args.nongram_limit, d.nongram_limit),
                        ppl_tokens=_limit(args.ppl_tokens, d.ppl_tokens), ppl_window=args.ppl_window,
-                       n_boot=args.n_boot, seed=args.seed,
-                       batch_tokens=args.batch_tokens, bos=args.bos)
+                       n_boot=args.n_boot, seed=args.seed, batch_tokens=args.batch_tokens, bos=args.bos,
+                       layer_cache_mb=args.layer_cache_mb, layer_cache_disk_mb=args.layer_cache_disk_mb)
     wn_path(args.scan)  # before the model loads
     def run(loaded):
         layer_groups(len(loaded.sites), cfg.group_size)  # a bad --group-size fails before any evaluation
@@ -267,6 +293,11 @@ def register(sub) -> None:
     p.add_argument("--bos", choices=BOS_POLICIES, default=d.bos, help="BOS policy")
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens,
                    help="padded tokens per forward (default: 256 on CPU, 16384 on CUDA)")
+    p.add_argument("--layer-cache-mb", type=int, default=d.layer_cache_mb,
+                   help="MiB of residual streams kept to skip the unedited lower layers of a condition "
+                        "(default %(default)s; 0 = off; same results within 1e-5)")
+    p.add_argument("--layer-cache-disk-mb", type=int, default=d.layer_cache_disk_mb,
+                   help="MiB spilled under OUT/layer_cache_tmp_* beyond memory, deleted after (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="re-evaluate finished conditions")
     p.set_defaults(func=_cmd_layers)
