@@ -19,7 +19,8 @@ puts the literal ``tokenizer.bos_token`` before every text (negdiff's earlier ``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -40,13 +41,16 @@ class ScoringConfig:
     max_batch_tokens: int | None = None  # padded tokens per forward; None: auto (see batch_budget)
     max_length: int | None = None  # None: the model's own maximum; longer inputs lose context on the left
     chunk_rows: int = 1024  # scored positions per float32 log-softmax chunk
-    share_context: bool = True  # multiple choice: run a context shared by several answers once (KV cache)
+    share_context: bool = True  # run each distinct token prefix once (prefix tree with a KV cache)
+    cache_mb: int | None = None  # keys/values the prefix tree keeps per chunk; None: auto (512 CPU, 4096 CUDA)
 
     def __post_init__(self) -> None:
         if self.bos not in BOS_POLICIES:
             raise NegdiffError(f"unknown BOS policy '{self.bos}'; choose one of {', '.join(BOS_POLICIES)}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise NegdiffError(f"max_batch_tokens must be positive, got {self.max_batch_tokens}")
+        if self.cache_mb is not None and self.cache_mb < 1:
+            raise NegdiffError(f"cache_mb must be a positive number of MiB, got {self.cache_mb}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "padding": "right", "logprob_dtype": "float32", "sum_dtype": "float64"}
@@ -121,6 +125,31 @@ def scoring_record(config: ScoringConfig, tokenizer, model=None) -> dict:
     """``config.to_dict()`` plus the token the BOS policy used (``bos_token``, ``bos_id``, ``bos_reason``)
     and, given the model, what multiple-choice contexts start with (``context_bos``): what a task records."""
     return {**config.to_dict(), **bos_record(tokenizer, config.bos, model)}
+
+
+# ---------------------------------------------------------------------------------------------- counting
+_COUNTERS: list[dict[str, int]] = []
+
+
+@contextmanager
+def counting() -> Iterator[dict[str, int]]:
+    """Count what the engines run inside the block: ``real`` input tokens, ``padded`` positions (real +
+    padding: what the MLPs compute), ``past`` cache positions attended to, and ``forwards``. For benchmarks."""
+    c = {"real": 0, "padded": 0, "past": 0, "forwards": 0}
+    _COUNTERS.append(c)
+    try:
+        yield c
+    finally:
+        _COUNTERS.remove(c)
+
+
+def count_tokens(real: int, padded: int, past: int = 0) -> None:
+    """Add one forward's token counts to every open :func:`counting` block."""
+    for c in _COUNTERS:
+        c["real"] += real
+        c["padded"] += padded
+        c["past"] += past
+        c["forwards"] += 1
 
 
 # ---------------------------------------------------------------------------------------------- engine
@@ -243,6 +272,7 @@ def score(
                 rows.append(torch.full((n_tgt[i],), r, dtype=torch.long))
                 cols.append(torch.arange(m - n_tgt[i], m))
                 tgts.append(torch.tensor(s[-n_tgt[i]:], dtype=torch.long))
+            count_tokens(real=sum(inputs_len[i] for i in batch), padded=len(batch) * width)
             logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
             lp, top = _gather(logits, torch.cat(rows).to(dev), torch.cat(cols).to(dev), torch.cat(tgts).to(dev),
                               config.chunk_rows, greedy)
@@ -281,12 +311,21 @@ def score_unbatched(model: nn.Module, request: Request) -> TokenScores:
 
 
 # ---------------------------------------------------------------------------------------------- read-outs
-def _dedup_score(model, requests: list[Request], config, greedy=False, desc=None, scorer=score) -> list[TokenScores]:
-    """Score each distinct request once (TSE repeats a sixth of its sentences) and fan results out."""
+def _dedup_score(model, requests: list[Request], config: ScoringConfig, greedy=False, desc=None) -> list[TokenScores]:
+    """Score each distinct request once (TSE repeats a sixth of its sentences) and fan results out.
+
+    With ``share_context`` (the default) each distinct token prefix runs once too
+    (:mod:`negdiff.scoring_tree`); otherwise every distinct sequence runs in full.
+    """
     unique: dict[Request, int] = {}
     for r in requests:
         unique.setdefault(r, len(unique))
-    scored = scorer(model, list(unique), config, greedy=greedy, desc=desc)
+    if config.share_context:
+        from negdiff.scoring_tree import score_tree  # builds on this module
+
+        scored = score_tree(model, list(unique), config, greedy=greedy, desc=desc)
+    else:
+        scored = score(model, list(unique), config, greedy=greedy, desc=desc)
     return [scored[unique[r]] for r in requests]
 
 
@@ -316,12 +355,9 @@ def continuation_logliks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-likelihood of each continuation given its context, and whether it is the greedy one."""
     config = config or ScoringConfig()
-    from negdiff.scoring_shared import score_shared  # builds on this module
-
     needs_bos = context_needs_bos(model)
     reqs = [encode_pair(tokenizer, c, x, config.bos, needs_bos) for c, x in pairs]
-    scores = _dedup_score(model, reqs, config, greedy=True, desc=desc,
-                          scorer=score_shared if config.share_context else score)
+    scores = _dedup_score(model, reqs, config, greedy=True, desc=desc)
     ll = np.array([s.total for s in scores], dtype=np.float64)
     is_greedy = np.array([bool(s.greedy.all()) for s in scores], dtype=bool)
     return ll, is_greedy
