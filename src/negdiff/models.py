@@ -299,3 +299,28 @@ def from_model(model: nn.Module, tokenizer: Any = None, spec: str = "<in-memory>
                      quantization=quantization, weights_hash=weights_hash, sites=describe(sites),
                      max_length=int(max_len) if max_len else None)
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, sites=sites)
+
+
+def random_init_model(config: Any, seed: int = 0) -> nn.Module:
+    """A causal LM of ``config``'s shape (a config object or its dict) with seeded random weights.
+
+    Why: a GPU check on a machine without the embedded weights still needs the embedded model's shape
+    and cost. Every parameter is drawn from one CPU generator in name order (norm weights 1, others
+    N(0, initializer_range)), not by transformers' per-module init, so a seed gives the same weights
+    however transformers initializes its modules, and whatever the global RNG state.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if isinstance(config, dict):
+        fields = {k: v for k, v in config.items() if not k.startswith("_")}
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    std = float(getattr(config, "initializer_range", 0.02))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if "norm" in name and p.ndim == 1:
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model.eval()
