@@ -268,3 +268,27 @@ def test_null_effects_read_as_does_not_hold_and_unmatched_control_gates():
     assert "did not match" in failed["gate"]
     _, undefined = _verdicts({**eff, "wn_neg": {"nll": 0.0}, "ppl_matched_neg": {"nll": 0.0}})
     assert "mismatch undefined" in undefined["gate"]
+
+
+def test_controls_on_a_subset_pair_every_condition_on_that_subset():
+    """Controls scored on fewer items: their contrasts equal those of tables restricted by hand; the
+    headline contrasts keep every item."""
+    rng = np.random.default_rng(11)
+    eff = {"baseline": {}, "wn_neg": {"blimp": -0.5}, "wn_identity_pos": {}, "wn_abs_neg": {"blimp": -0.8}}
+    items = _items(eff, rng)
+    keep = set(items["baseline"]["blimp"].groupby("paradigm").head(12)["item_id"])  # 12 of 30 per paradigm
+    sub = {c: {**per} for c, per in items.items()}
+    for c in ("wn_identity_pos", "wn_abs_neg"):
+        sub[c]["blimp"] = per_b = items[c]["blimp"][items[c]["blimp"]["item_id"].isin(keep)].reset_index(drop=True)
+        assert len(per_b) == 120
+    groups = {c: [c] for c in eff}
+    con = Contrasts(sub, groups, n_boot=2000, seed=0)
+    by_hand = {c: {"blimp": per["blimp"][per["blimp"]["item_id"].isin(keep)].reset_index(drop=True)}
+               for c, per in items.items()}
+    ref = Contrasts(by_hand, groups, n_boot=2000, seed=0)
+    got = con.interval("blimp", "margin", "wn_identity_pos", "wn_abs_neg")
+    want = ref.interval("blimp", "margin", "wn_identity_pos", "wn_abs_neg")
+    assert got.n == 120 and got.estimate == pytest.approx(want.estimate) and got.ci == pytest.approx(want.ci)
+    head = con.interval("blimp", "margin", "baseline", "wn_neg")
+    assert head.n == 300 and head.estimate == pytest.approx(-0.5, abs=0.05)
+    assert con.value("wn_abs_neg", "blimp", "margin")["n"] == 120

@@ -118,13 +118,17 @@ class Contrasts:
         conds = [c for c, per in self.items.items() if task in per]
         order = ref["item_id"].to_numpy()
         rows = []
+        kept = []
         for c in conds:
             frame = self.items[c][task]
-            if len(frame) != len(ref) or not frame["item_id"].is_unique or not ref["item_id"].is_unique or \
-                    set(frame["item_id"]) != set(order):
-                raise NegdiffError(f"{c} and {self.reference} were scored on different {task} items; cannot pair them")
+            if not frame["item_id"].is_unique or not ref["item_id"].is_unique:
+                raise NegdiffError(f"{c} or {self.reference} repeats a {task} item id; cannot pair them")
+            if len(frame) != len(ref) or set(frame["item_id"]) != set(order):
+                continue  # scored on other items (e.g. controls on a subset): served by a restricted view
+            kept.append(c)
             frame = frame.set_index("item_id").loc[order].reset_index()
             rows.append(readout_values(task, frame, readout))
+        conds = kept
         values = np.stack(rows)
         column = STRATA.get(task)
         strata = ref[column].to_numpy() if column and column in ref else None
@@ -135,6 +139,25 @@ class Contrasts:
         self._cache[key] = out
         return out
 
+    def _route(self, task: str, groups: list[str]) -> Contrasts:
+        """This object, or a view restricted to the items every condition of ``groups`` was scored on.
+
+        Conditions may run on a subset of the reference's items (the ablation's sign/magnitude controls
+        at the middle preset); a contrast involving them pairs every condition on that common subset.
+        """
+        names = [n for g in groups for n in self.groups.get(g, [g])]
+        ref_ids = set(self.items[self.reference][task]["item_id"])
+        sets = [set(self.items[n][task]["item_id"]) for n in names if task in self.items.get(n, {})]
+        if len(sets) < len(names) or all(s_ == ref_ids for s_ in sets):
+            return self  # a missing condition raises in _members, as before
+        common = frozenset(set.intersection(ref_ids, *sets))
+        key = ("view", task, common)
+        if key not in self._cache:
+            items = {c: {task: per[task][per[task]["item_id"].isin(common)].reset_index(drop=True)}
+                     for c, per in self.items.items() if task in per and common <= set(per[task]["item_id"])}
+            self._cache[key] = Contrasts(items, self.groups, self.n_boot, self.seed, self.reference)
+        return self._cache[key]
+
     def _members(self, group: str, mat: dict[str, Any]) -> list[int]:
         names = self.groups.get(group, [group])
         missing = [n for n in names if n not in mat["conds"]]
@@ -144,6 +167,8 @@ class Contrasts:
 
     def value(self, group: str, task: str, readout: str) -> dict[str, Any]:
         """The group's mean read-out (and, for several sets, each set's and their sd)."""
+        if (view := self._route(task, [group])) is not self:
+            return view.value(group, task, readout)
         mat = self._matrix(task, readout)
         idx = self._members(group, mat)
         per = [float(mat["values"][i].mean()) for i in idx]
@@ -157,6 +182,8 @@ class Contrasts:
     # ---------------------------------------------------------------------------------------- contrasts
     def parts(self, task: str, readout: str, a: str, b: str) -> dict[str, Any]:
         """b - a: point estimate, item-level replicates (or per-unit differences) and per-set estimates."""
+        if (view := self._route(task, [a, b])) is not self:
+            return view.parts(task, readout, a, b)
         mat = self._matrix(task, readout)
         ia, ib = self._members(a, mat), self._members(b, mat)
         many = len(ia) > 1 or len(ib) > 1
@@ -220,6 +247,8 @@ class Contrasts:
 
     def per_stratum(self, task: str, readout: str, a: str, b: str) -> list[dict[str, Any]]:
         """b - a within each stratum (paradigm / task): exploratory, unadjusted percentile CIs."""
+        if (view := self._route(task, [a, b])) is not self:
+            return view.per_stratum(task, readout, a, b)
         mat = self._matrix(task, readout)
         if mat["strata"] is None:
             return []
@@ -236,6 +265,8 @@ class Contrasts:
 
     def window_function(self, task: str, conds: list[str], stat) -> Interval:
         """Jackknife interval (over windows) of ``stat(mean NLL of each condition)``."""
+        if (view := self._route(task, conds)) is not self:
+            return view.window_function(task, conds, stat)
         mat = self._matrix(task, "nll")
         cols = np.stack([mat["values"][self._members(c, mat)].mean(0) for c in conds], axis=1)
         return jackknife_t(cols, stat, "windows")

@@ -50,8 +50,10 @@ class AblateConfig:
     scope: str = "per_layer"
     fraction: float = 0.01
     seeds: int = 5  # random layer-matched sets (paper.md: >= 5; their spread is inside every interval)
-    blimp_limit: int | None = 20  # pairs per paradigm (67 paradigms)
-    tse_limit: int | None = 30  # pairs per task (22 tasks)
+    blimp_limit: int | None = 40  # pairs per paradigm (67 paradigms)
+    tse_limit: int | None = 100  # pairs per task (22 tasks)
+    control_blimp_limit: int | None = None  # sign/magnitude controls: pairs per paradigm (None: as blimp_limit)
+    control_tse_limit: int | None = None  # sign/magnitude controls: pairs per task (None: as tse_limit)
     nongram_limit: int | None = 50  # items per benchmark
     ppl_tokens: int | None = 20_480  # reported perplexity: a seeded subset of WikiText-2 valid windows (>= 10)
     ppl_window: int = 2048  # tokens per perplexity window (capped at the model's maximum); presets may shorten it
@@ -88,10 +90,18 @@ class AblateConfig:
         return dataclasses.asdict(self)
 
 
-def eval_config(cfg: AblateConfig, task: str, dose: bool = False) -> EvalConfig:
+#: The sign/magnitude controls (they may run on fewer BLiMP/TSE items than the headline conditions).
+CONTROLS = ("wn_pos", "wn_zero", "wn_identity_pos", "wn_abs_neg")
+
+
+def eval_config(cfg: AblateConfig, task: str, dose: bool = False, control: bool = False) -> EvalConfig:
     """The EvalConfig of one task: each task family gets its own subsample size."""
-    limit = {"blimp": cfg.dose_blimp_limit if dose else cfg.blimp_limit, "tse": cfg.tse_limit,
-             "perplexity": None}.get(task, cfg.nongram_limit)
+    blimp = cfg.dose_blimp_limit if dose else cfg.blimp_limit
+    tse = cfg.tse_limit
+    if control:
+        blimp = blimp if cfg.control_blimp_limit is None else cfg.control_blimp_limit
+        tse = tse if cfg.control_tse_limit is None else cfg.control_tse_limit
+    limit = {"blimp": blimp, "tse": tse, "perplexity": None}.get(task, cfg.nongram_limit)
     return EvalConfig(scoring=ScoringConfig(bos=cfg.bos, max_batch_tokens=cfg.batch_tokens), limit=limit,
                       seed=cfg.seed, n_boot=min(cfg.n_boot, 1000), ppl_window=cfg.ppl_window,
                       max_tokens=(cfg.dose_ppl_tokens if dose else cfg.ppl_tokens) if task == "perplexity" else None)
@@ -188,9 +198,8 @@ def build_conditions(table: pd.DataFrame, loaded: LoadedModel, cfg: AblateConfig
     ctrl = tasks if cfg.controls_on_nongram else syntax
     out = [Condition("baseline", NeuronSet.empty(), tasks=tasks), Condition("wn_neg", wn, tasks=tasks)]
     out += [Condition(f"random_neg_s{k}", random_like(wn, widths, seed=k), tasks=tasks) for k in range(cfg.seeds)]
-    out += [Condition("wn_pos", wn, "zero_positive", ctrl), Condition("wn_zero", wn, "zero", ctrl),
-            Condition("wn_identity_pos", wn, "identity_positive", ctrl),
-            Condition("wn_abs_neg", wn, "abs_negative_output", ctrl)]
+    modes = ("zero_positive", "zero", "identity_positive", "abs_negative_output")
+    out += [Condition(name, wn, mode, ctrl) for name, mode in zip(CONTROLS, modes, strict=True)]
     return out
 
 
@@ -198,7 +207,7 @@ def run_condition(loaded: LoadedModel, cond: Condition, cfg: AblateConfig, out: 
                   force: bool, dose: bool = False) -> dict[str, Any]:
     """Evaluate one condition (or reuse its finished results) with this run's per-task EvalConfigs."""
     folder = out / ("dose" if dose else "conditions") / cond.name
-    configs = {t: eval_config(cfg, t, dose) for t in cond.tasks}
+    configs = {t: eval_config(cfg, t, dose, control=cond.name in CONTROLS) for t in cond.tasks}
     return conditions.run_condition(loaded, cond, configs, folder, out / "sets", key, force)
 
 
@@ -232,6 +241,11 @@ def run_ablate(loaded: LoadedModel, scan_dir: str | Path, cfg: AblateConfig, out
     key = config_key({"model": {k: loaded.info.to_dict()[k] for k in ("spec", "revision", "weights_hash", "dtype")},
                       "scan": scan.get("key"), "criterion": cfg.criterion, "scope": cfg.scope, "fraction": cfg.fraction})
     t0 = time.time()
+    if not (out / "ablation.json").is_file() or force:
+        from negdiff.experiments.estimate import describe, estimate_step, forward_tokens_per_second
+
+        tok_s = forward_tokens_per_second(loaded.model)
+        status(f"ablate: {describe({'ablate': estimate_step('ablate', cfg, len(loaded.sites), tok_s)}, tok_s)}")
     conditions = build_conditions(table, loaded, cfg, tasks)
     results = {}
     for cond in conditions[:2]:  # baseline and wn_neg first: the search needs wn_neg's perplexity increase
@@ -273,7 +287,7 @@ def _cmd_ablate(args) -> int:
     if args.full:
         cfg = dataclasses.replace(cfg, blimp_limit=None, tse_limit=None, nongram_limit=None, ppl_tokens=None,
                                   calib_tokens=16_384, dose_blimp_limit=50, dose_ppl_tokens=None, controls_on_nongram=True)
-    for name in ("blimp_limit", "tse_limit", "nongram_limit", "ppl_tokens"):
+    for name in ("blimp_limit", "tse_limit", "nongram_limit", "ppl_tokens", "control_blimp_limit", "control_tse_limit"):
         value = getattr(args, name)
         if value is not None:
             cfg = dataclasses.replace(cfg, **{name: None if value == 0 else value})
@@ -302,6 +316,10 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="subsampling and bootstrap seed")
     p.add_argument("--blimp-limit", dest="blimp_limit", type=int, help=f"pairs per paradigm (default {d.blimp_limit}; 0 = all)")
     p.add_argument("--tse-limit", dest="tse_limit", type=int, help=f"pairs per TSE task (default {d.tse_limit}; 0 = all)")
+    p.add_argument("--control-blimp-limit", dest="control_blimp_limit", type=int,
+                   help="pairs per paradigm for the sign/magnitude controls (unset or 0: as --blimp-limit)")
+    p.add_argument("--control-tse-limit", dest="control_tse_limit", type=int,
+                   help="pairs per TSE task for the sign/magnitude controls (unset or 0: as --tse-limit)")
     p.add_argument("--nongram-limit", dest="nongram_limit", type=int, help=f"items per benchmark (default {d.nongram_limit}; 0 = all)")
     p.add_argument("--ppl-tokens", dest="ppl_tokens", type=int, help=f"reported perplexity tokens (default {d.ppl_tokens}; 0 = all)")
     p.add_argument("--controls-on-nongram", action="store_true", help="score the sign/magnitude controls on the 8 benchmarks too")

@@ -22,18 +22,28 @@ from typing import Any
 from negdiff.data import data_dir
 from negdiff.results import config_key, file_sha256, read_json, versions, write_json
 
-#: Presets are data. ``quick`` is sized to finish on 2 CPU cores in under 30 minutes on the embedded
-#: 135M model (small item subsets: its CIs are wide, and the report says n in every cell); ``full`` is
-#: the paper-size run for a GPU.
+#: Presets are data. ``quick`` is sized to finish on 2 CPU cores in about 25-30 minutes on the embedded
+#: 135M model (item subsets: the report says n in every cell; >= 5 random sets and >= 10 perplexity
+#: windows come first, then BLiMP/TSE items as the prefix-tree engine allows); ``standard`` runs full
+#: BLiMP (67,000 pairs) and full TSE (158,084 pairs) for the headline conditions (baseline, wn_neg, the
+#: random sets, the perplexity-matched set) with the controls on subsets (hours on CPU, minutes on a
+#: GPU); ``full`` is the paper-size run for a GPU. Each prints its estimated time before it starts.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "scan": {"tokens": 32_768, "md_pairs": 12_288},
-        "ablate": {"seeds": 3, "blimp_limit": 5, "tse_limit": 5, "nongram_limit": 20, "ppl_tokens": 5120,
+        "ablate": {"seeds": 5, "blimp_limit": 20, "tse_limit": 30, "nongram_limit": 20, "ppl_tokens": 5120,
                    "ppl_window": 512, "calib_tokens": 4096, "dose_fractions": (0.01, 0.05), "dose_blimp_limit": 2,
                    "dose_ppl_tokens": 2048},
         "pairs": {"tokens": 8192, "md_pairs": 4096},
-        "pos": {"max_words": 2000, "seeds": 1},  # K = 1: pos.json says random_neg then has no interval (n too small)
-        "layers": {"group_size": 10, "blimp_limit": 3, "tse_limit": 3, "ppl_tokens": 5120, "ppl_window": 512},
+        "pos": {"max_words": 2000, "seeds": 5},
+        "layers": {"group_size": 10, "blimp_limit": 10, "tse_limit": 10, "ppl_tokens": 5120, "ppl_window": 512},
+    },
+    "standard": {
+        "scan": {"tokens": 65_536},
+        "ablate": {"blimp_limit": None, "tse_limit": None, "control_blimp_limit": 40, "control_tse_limit": 100},
+        "pairs": {},
+        "pos": {},
+        "layers": {"blimp_limit": 20, "tse_limit": 30},
     },
     "full": {
         "scan": {"tokens": 262_144},
@@ -174,9 +184,12 @@ def run_reproduce(loaded_or_factory: Any, out: str | Path, preset: str = "quick"
         "started": manifest.get("started") or time.time(),
     })
     steps = manifest.setdefault("steps", {})
-    for name, fn in _runners(out, seed, sizes).items():
-        done = steps.get(name, {})
-        if done.get("status") == "done" and done.get("key") == keys[name] and (out / name / STEPS[name]).is_file():
+    runners = _runners(out, seed, sizes)
+    todo = [n for n in runners if not (steps.get(n, {}).get("status") == "done" and steps[n].get("key") == keys[n]
+                                       and (out / n / STEPS[n]).is_file())]
+    eta = _eta_bar(loaded, sizes, seed, todo, preset) if todo else None
+    for name, fn in runners.items():
+        if name not in todo:
             continue
         model = loaded()
         manifest.update(model=model.info.to_dict(), device=str(model.device))
@@ -192,10 +205,29 @@ def run_reproduce(loaded_or_factory: Any, out: str | Path, preset: str = "quick"
             raise
         steps[name].update(status="done", seconds=time.time() - t0, finished=time.time())
         write_json(manifest_path, manifest)
+        if eta is not None:
+            eta[0].update(eta[1][name])
+    if eta is not None:
+        manifest["estimate_seconds"] = eta[1]
+        eta[0].close()
     manifest["finished"] = time.time()
     write_json(manifest_path, manifest)
     write_report(out)
     return manifest
+
+
+def _eta_bar(loaded, sizes: dict[str, dict[str, Any]], seed: int, todo: list[str], preset: str):
+    """Print the estimated time of the steps to run; a bar over estimated seconds gives the pipeline an ETA."""
+    from negdiff.experiments.estimate import describe, estimate, forward_tokens_per_second
+    from negdiff.progress import bar, status
+
+    model = loaded()
+    tok_s = forward_tokens_per_second(model.model)
+    secs = estimate({k: v for k, v in sizes.items() if k in todo}, seed, len(model.sites), tok_s)
+    status(f"{preset} preset, steps {', '.join(todo)}: {describe(secs, tok_s)}")
+    progress = bar(total=round(secs["total"]), desc=f"reproduce ({preset})", unit="est-s",
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} estimated s [{elapsed}<{remaining}]")
+    return progress, {k: round(v) for k, v in secs.items()}
 
 
 def _read_sizes(path: str) -> dict:
@@ -221,7 +253,8 @@ def _cmd_reproduce(args) -> int:
         return load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
 
     overrides = _read_sizes(args.sizes) if args.sizes else None
-    run_reproduce(factory, args.out, "full" if args.full else "quick", args.seed,
+    preset = "full" if args.full else "standard" if args.standard else "quick"
+    run_reproduce(factory, args.out, preset, args.seed,
                   " ".join(["negdiff", *sys.argv[1:]]), model_id=_model_id(args.model, args.revision, args.dtype),
                   overrides=overrides)
     print(f"wrote {args.out}/report.html and report.md (manifest.json lists every step)")
@@ -238,7 +271,9 @@ def register(sub) -> None:
     p.add_argument("model", nargs="?", default="default", help="model (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--out", required=True)
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="2-CPU-core sizes, < 30 min on the default (default)")
+    size.add_argument("--quick", action="store_true", help="2-CPU-core sizes, ~25-30 min on the default (default)")
+    size.add_argument("--standard", action="store_true", help="full BLiMP and TSE for the headline conditions "
+                      "(hours on CPU; prints its estimate first)")
     size.add_argument("--full", action="store_true", help="paper sizes (GPU advised)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sizes", default=None, help="JSON file of per-step overrides of the preset, e.g. "
