@@ -250,6 +250,23 @@ def token_windows(
         raise NegdiffError(f"window must be at least 2 tokens, got {window}")
     if not any(d.strip() for d in docs):
         raise NegdiffError("the corpus is empty: no text to tokenize")
+    key = (id(tokenizer), window, max_tokens, bos, sep, len(docs), hash(tuple(docs)))
+    hit = _WINDOWS.get(key)
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1].clone()
+    out = _token_windows(tokenizer, docs, window, max_tokens, bos, sep)
+    _WINDOWS[key] = (tokenizer, out)  # the tokenizer is kept, so its id cannot be reused while cached
+    while len(_WINDOWS) > 4:
+        _WINDOWS.pop(next(iter(_WINDOWS)))
+    return out.clone()
+
+
+#: The last few tokenized corpora: every condition of an experiment cuts the same perplexity windows, and
+#: tokenizing WikiText-2 valid again costs ~2 s per condition (more than a quick condition's windows run).
+_WINDOWS: dict[tuple, tuple] = {}
+
+
+def _token_windows(tokenizer, docs: list[str], window: int, max_tokens: int | None, bos: bool, sep: str) -> torch.Tensor:
     budget = None if max_tokens is None else (max_tokens // window) * window
     if budget is not None and budget == 0:
         raise NegdiffError(f"--tokens {max_tokens} is smaller than one window of {window} tokens")
