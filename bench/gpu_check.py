@@ -6,7 +6,9 @@ the 16,384-token CUDA batch budget, bf16) were never run. This driver runs every
 (bench/gpu_compare.py: fp32 must agree within stated tolerances and fails otherwise; bf16 differences are
 reported) and prints tokens/s per phase and side.
 
-Phases (sizes: the ``quick`` preset of negdiff reproduce, scan shortened to 16,384 tokens):
+Phases (sizes: the quick preset of negdiff reproduce as it was before the prefix-tree re-size (3 random sets,
+5 pairs per BLiMP paradigm / TSE task), fixed here so that both sides fit the 8-minute device budget; scan
+shortened to 16,384 tokens):
   scan    ``run_scan`` on WikiText-2 test; WD and MD of every neuron, the WN set, held-out perplexity
   ablate  ``run_ablate`` with the quick sizes on perplexity, BLiMP and TSE: baseline, wn_neg, 3 random sets,
           the perplexity-matched search and set, wn_pos / wn_zero / wn_identity_pos / wn_abs_neg and the dose
@@ -65,7 +67,7 @@ TINY_MODEL = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 12
 
 @dataclasses.dataclass
 class Sizes:
-    """Every size of the three phases (``quick``: the quick preset; ``tiny``: the smoke run)."""
+    """Every size of the three phases (``quick``: the earlier quick preset, fixed; ``tiny``: the smoke run)."""
 
     scan: dict[str, Any]
     ablate: dict[str, Any]
