@@ -9,7 +9,7 @@ Rows:
       sentences (right-padded batches, no scoring)
   projected full BLiMP + TSE seconds per condition: full-set tokens / the measured tokens/s.
 
-Usage: NEGDIFF_DATA=../shared/data python bench/minimal_pairs.py [--blimp-limit 60] [--tse-limit 400]
+Usage: NEGDIFF_DATA=../shared/data python bench/minimal_pairs.py [--blimp-limit 40] [--tse-limit 200]
        [--threads N] [--out bench/results/minimal_pairs.json]
 """
 
@@ -68,8 +68,8 @@ def timed(fn, *args, **kwargs):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
-    ap.add_argument("--blimp-limit", type=int, default=60, help="pairs per paradigm in the timed subset (seeded)")
-    ap.add_argument("--tse-limit", type=int, default=400, help="pairs per TSE task in the timed subset (seeded)")
+    ap.add_argument("--blimp-limit", type=int, default=40, help="pairs per paradigm in the timed subset (seeded)")
+    ap.add_argument("--tse-limit", type=int, default=200, help="pairs per TSE task in the timed subset (seeded)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--out", default="bench/results/minimal_pairs.json")
     args = ap.parse_args()
