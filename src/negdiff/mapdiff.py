@@ -7,7 +7,10 @@ pre-activations, divided by that neuron's median over the pairs; MD = mean_k (e_
 :func:`md_reference` is that definition, all pairs in memory, float64.
 
 Streaming form used by :class:`MDAccumulator`: since y = x W^T + b, e_k = |(x_i - x_j) W^T| (one matmul,
-bias cancels) and MD = (max d / med e) * mean_k (e_k / d_k). The sum of ratios and max d stream exactly;
+bias cancels; :meth:`MDAccumulator.add`), or, where the pre-activations are at hand (a scan sees them
+next to the MLP inputs), e_k = |y_i - y_j| read off directly (:meth:`MDAccumulator.add_outputs`, no
+matmul; the float32 pre-activations the model computed, ~1e-7 relative from the matmul form), and
+MD = (max d / med e) * mean_k (e_k / d_k). The sum of ratios and max d stream exactly;
 only the per-neuron median of e is approximate: a histogram of log2(e / s) (``bins_per_octave`` bins per
 factor of two, ``octaves`` each side of a per-neuron scale s = the first batch's median e), read with
 log-linear interpolation inside the median's bin. The relative error of the median (and so of MD) is at
@@ -29,7 +32,8 @@ import numpy as np
 import torch
 
 from negdiff.errors import NegdiffError
-from negdiff.stats import _colsum64
+from negdiff.mapdiff_kernels import _scale_of, _scratch, hist_index, top_candidates
+from negdiff.stats_kernels import _colsum64
 
 FORMAT = "negdiff.mdaccumulator/1"
 _TOP = ("ratio", "y_i", "y_j", "d")
@@ -87,13 +91,6 @@ def nearest_pairs(x: torch.Tensor, candidates: int = 4, chunk: int = 2048) -> tu
     arr = np.array(out, dtype=np.float64).reshape(-1, 3)
     return (torch.as_tensor(arr[:, 0], dtype=torch.long), torch.as_tensor(arr[:, 1], dtype=torch.long),
             torch.as_tensor(arr[:, 2]))
-
-
-def _scale_of(e: torch.Tensor) -> torch.Tensor:
-    """Each neuron's histogram scale: its median |output difference| over a sample (a fallback where 0)."""
-    scale = e.median(dim=0).values.double()
-    good = scale[scale > 0]
-    return torch.where(scale > 0, scale, good.median() if good.numel() else 1.0)
 
 
 class MDAccumulator:
@@ -154,12 +151,7 @@ class MDAccumulator:
             raise NegdiffError(f"MDAccumulator.add: need x_a, x_b [p, d_in] and W [{self.width}, d_in]; got "
                                f"{tuple(x_a.shape)}, {tuple(x_b.shape)}, {tuple(W.shape)}")
         dev = self.device = self.device or W.device
-        meta = {"pair_id": torch.arange(self.n_seen, self.n_seen + p)} if meta is None else meta
-        meta = {k: torch.as_tensor(v, dtype=torch.long).to(dev) for k, v in meta.items()}
-        if any(v.shape != (p,) for v in meta.values()):
-            raise NegdiffError(f"MDAccumulator.add: every meta array needs shape ({p},)")
-        if self.meta_keys is not None and tuple(meta) != self.meta_keys:
-            raise NegdiffError(f"MDAccumulator.add: meta keys {tuple(meta)} differ from {self.meta_keys}")
+        meta = self._meta(meta, p, dev)
         bad = int((~torch.isfinite(x_a)).any(1).logical_or((~torch.isfinite(x_b)).any(1)).sum())
         if bad:
             raise NegdiffError(f"MDAccumulator.add: {bad} of {p} pairs have non-finite (NaN/inf) inputs")
@@ -168,6 +160,45 @@ class MDAccumulator:
             sl = slice(lo, lo + step)
             self._add_chunk(x_a[sl].to(dev), x_b[sl].to(dev), W.to(dev), b, {k: v[sl] for k, v in meta.items()})
         self.n_seen += p
+
+    @torch.no_grad()
+    def add_outputs(self, y_a: torch.Tensor, y_b: torch.Tensor, d: torch.Tensor,
+                    meta: dict[str, Any] | None = None) -> None:
+        """Add pairs from their pre-activations ``y_a, y_b [p, width]`` (y = x W^T + b as the model computed
+        it) and input distances ``d [p]`` (||x_a - x_b||, float64). Why: a scan that sees the pre-activations
+        gets e_k = |y_i - y_j| for free (the authors' own definition), where :meth:`add` pays a [p, d_in] x
+        [d_in, width] matmul; the top-k tables then hold the model's own y values."""
+        p = y_a.shape[0]
+        if y_a.shape != y_b.shape or y_a.ndim != 2 or y_a.shape[1] != self.width or tuple(d.shape) != (p,):
+            raise NegdiffError(f"MDAccumulator.add_outputs: need y_a, y_b [p, {self.width}] and d [p]; got "
+                               f"{tuple(y_a.shape)}, {tuple(y_b.shape)}, {tuple(d.shape)}")
+        dev = self.device = self.device or y_a.device
+        meta = self._meta(meta, p, dev)
+        if not bool(torch.isfinite(d).all()):
+            raise NegdiffError(f"MDAccumulator.add_outputs: {int((~torch.isfinite(d)).sum())} of {p} pairs have "
+                               f"non-finite (NaN/inf) inputs")
+        cd = self.compute_dtype
+        y_a, y_b, d = y_a.to(dev), y_b.to(dev), d.to(dev)
+        keep = d > 0
+        self.n_skipped += int((~keep).sum())
+        if not bool(keep.all()):
+            y_a, y_b, d, meta = y_a[keep], y_b[keep], d[keep], {k: v[keep] for k, v in meta.items()}
+        step = max(1, 2**22 // self.width)  # bounds the [pairs, width] scratch buffers (~16 MB each)
+        for lo in range(0, len(d), step):
+            ya, yb = y_a[lo:lo + step], y_b[lo:lo + step]
+            e = torch.sub(ya.to(cd), yb.to(cd), out=_scratch("md_e", tuple(ya.shape), cd, dev)).abs_()
+            self._accumulate(e, d[lo:lo + step], {k: v[lo:lo + step] for k, v in meta.items()},
+                             lambda rows, cols, ya=ya, yb=yb: (ya[rows, cols].double(), yb[rows, cols].double()))
+        self.n_seen += p
+
+    def _meta(self, meta: dict[str, Any] | None, p: int, dev: torch.device) -> dict[str, torch.Tensor]:
+        meta = {"pair_id": torch.arange(self.n_seen, self.n_seen + p)} if meta is None else meta
+        meta = {k: torch.as_tensor(v, dtype=torch.long).to(dev) for k, v in meta.items()}
+        if any(v.shape != (p,) for v in meta.values()):
+            raise NegdiffError(f"MDAccumulator.add: every meta array needs shape ({p},)")
+        if self.meta_keys is not None and tuple(meta) != self.meta_keys:
+            raise NegdiffError(f"MDAccumulator.add: meta keys {tuple(meta)} differ from {self.meta_keys}")
+        return meta
 
     def _add_chunk(self, x_a: torch.Tensor, x_b: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None,
                    meta: dict[str, torch.Tensor]) -> None:
@@ -180,43 +211,69 @@ class MDAccumulator:
             return
         x_a, x_b, d, diff64 = x_a[keep], x_b[keep], d[keep], diff64[keep]
         meta = {k: v[keep] for k, v in meta.items()}
-        e = (diff64.to(cd) @ W.to(cd).T).abs()
+        e = (diff64.to(cd) @ W.to(cd).T).abs_()
+        bias = None if b is None else b.to(W.device).double()
+
+        def exact_y(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """float64 pre-activations of the selected (pair, neuron) entries, in slices of bounded memory."""
+            y_i = torch.empty(len(rows), dtype=torch.float64, device=W.device)
+            y_j = torch.empty_like(y_i)
+            step = max(1, 2**22 // max(1, x_a.shape[1]))
+            for lo in range(0, len(rows), step):
+                r, c = rows[lo:lo + step], cols[lo:lo + step]
+                w = W[c].double()
+                y_i[lo:lo + step] = (x_a[r].double() * w).sum(-1) + (0.0 if bias is None else bias[c])
+                y_j[lo:lo + step] = (x_b[r].double() * w).sum(-1) + (0.0 if bias is None else bias[c])
+            return y_i, y_j
+
+        self._accumulate(e, d, meta, exact_y)
+
+    def _accumulate(self, e: torch.Tensor, d: torch.Tensor, meta: dict[str, torch.Tensor], y_of) -> None:
+        """Fold pairs with output gaps ``e [p, width]`` (compute dtype) and input distances ``d [p]`` (> 0) in.
+        ``y_of(rows, cols)`` gives the float64 (y_i, y_j) of selected (pair, neuron) entries, for the top-k
+        tables."""
+        cd = self.compute_dtype
+        ratio = torch.div(e, d.to(cd)[:, None], out=_scratch("md_ratio", tuple(e.shape), cd, e.device))
+        sums = _colsum64(ratio)
+        if not bool(torch.isfinite(sums).all()):  # checked before any state changes
+            raise NegdiffError("MDAccumulator: non-finite (NaN/inf) output differences")
         if self.meta_keys is None:
             self._init(_scale_of(e), tuple(meta))
         st = self.state
-        ratio = e / d.to(cd)[:, None]
-        st["sum_ratio"] += _colsum64(ratio)
+        st["sum_ratio"] += sums
         self.n_pairs += int(d.numel())
         self.max_d = max(self.max_d, float(d.max()))
         if self.n_pairs >= 2**31 and st["hist"].dtype == torch.int32:
             st["hist"] = st["hist"].long()
-        flat = self._bins(e).flatten()
-        st["hist"].view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=st["hist"].dtype))
+        # Blocks of neurons: a block's bins are computed in cache and its scatter touches only its counts.
+        step = max(8, min(256, 2**19 // max(1, e.shape[0]) // 8 * 8))
+        ones = torch.ones(1, dtype=st["hist"].dtype, device=e.device)
+        for j0 in range(0, self.width, step):
+            flat = hist_index(e[:, j0:j0 + step], st["scale"], slice(j0, j0 + step), self.octaves,
+                              self.bins_per_octave, self.width)
+            st["hist"].view(-1).index_add_(0, flat.view(-1), ones.expand(flat.numel()))
         if self.top_k:
-            self._update_top(ratio, x_a, x_b, W, b, d, meta)
+            self._update_top(ratio, d, meta, y_of)
 
-    def _bins(self, e: torch.Tensor) -> torch.Tensor:
-        rm = self.octaves * self.bins_per_octave
-        u = torch.log2(e.float() / self.state["scale"].float()) * self.bins_per_octave
-        local = torch.floor(u).add_(rm + 1).clamp_(0, 2 * rm + 1).nan_to_num_(0).long()  # e = 0 -> -inf -> 0
-        return local + torch.arange(self.width, device=e.device) * self.n_bins
-
-    def _update_top(self, ratio: torch.Tensor, x_a: torch.Tensor, x_b: torch.Tensor, W: torch.Tensor,
-                    b: torch.Tensor | None, d: torch.Tensor, meta: dict[str, torch.Tensor]) -> None:
-        """Top-k of the new pairs per neuron, their exact pre-activations, then top-k of kept + new."""
-        k = min(self.top_k, ratio.shape[0])
-        val, idx = ratio.topk(k, dim=0)
-        val, idx = val.T.double(), idx.T  # [D, k]
-        w64 = W.double()
-        bias = torch.zeros(self.width, dtype=torch.float64, device=W.device) if b is None else b.to(W.device).double()
-        y_i, y_j = torch.empty_like(val), torch.empty_like(val)
-        step = max(1, 2**22 // max(1, k * x_a.shape[1]))
-        for lo in range(0, self.width, step):
-            sl = slice(lo, lo + step)
-            wrow = w64[sl, None, :]
-            y_i[sl] = (x_a[idx[sl]].double() * wrow).sum(-1) + bias[sl, None]
-            y_j[sl] = (x_b[idx[sl]].double() * wrow).sum(-1) + bias[sl, None]
-        new = {"ratio": val, "y_i": y_i, "y_j": y_j, "d": d[idx].double(), **{m: v[idx] for m, v in meta.items()}}
+    def _update_top(self, ratio: torch.Tensor, d: torch.Tensor, meta: dict[str, torch.Tensor], y_of) -> None:
+        """Merge the new pairs (``ratio [p, width]``) into each neuron's top-k: only the candidates that can
+        enter (mapdiff_kernels.top_candidates) are gathered, with their y values from ``y_of``."""
+        st, k, width = self.state, self.top_k, self.width
+        picked = top_candidates(ratio, st["top_ratio"][:, -1], k)
+        if picked is None:
+            return
+        rows, cols, vals, rank = picked
+        dev = st["top_ratio"].device
+        new = {"ratio": torch.full((width, k), -float("inf"), dtype=torch.float64, device=dev)}
+        for name in ("y_i", "y_j", "d"):
+            new[name] = torch.full((width, k), float("nan"), dtype=torch.float64, device=dev)
+        for name in meta:
+            new[name] = torch.full((width, k), -1, dtype=torch.long, device=dev)
+        new["ratio"][cols, rank] = vals.double()
+        new["y_i"][cols, rank], new["y_j"][cols, rank] = y_of(rows, cols)
+        new["d"][cols, rank] = d[rows].double()
+        for name, v in meta.items():
+            new[name][cols, rank] = v[rows]
         self._merge_top(new)
 
     def _merge_top(self, new: dict[str, torch.Tensor]) -> None:

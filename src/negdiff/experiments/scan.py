@@ -1,9 +1,10 @@
 """The neuron scan: per-neuron statistics, Wasserstein distance, mapping difficulty and WN selection.
 
 One streaming pass over a corpus: every window's pre-activations feed a per-layer
-:class:`~negdiff.stats.NeuronStats` (memory independent of the number of tokens) and the MLP inputs at a
-few planned positions feed a per-layer :class:`~negdiff.mapdiff.MDAccumulator`. The pass stops after the
-last MLP activation (the LM head is never run). Accumulators are checkpointed, so an interrupted scan
+:class:`~negdiff.stats.NeuronStats` (memory independent of the number of tokens) and the MLP inputs and
+pre-activations at a few planned positions feed a per-layer :class:`~negdiff.mapdiff.MDAccumulator`. On
+CPU several layers are accumulated at once on the intra-op threads (:mod:`negdiff.workers`) while the
+forward pass waits. The pass stops after the last MLP activation (the LM head is never run). Accumulators are checkpointed, so an interrupted scan
 resumes where it stopped; results are written only at the end, atomically.
 """
 

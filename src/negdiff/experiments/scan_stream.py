@@ -10,6 +10,7 @@ accumulators see the same pairs as a single process.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from negdiff.mapdiff import MDAccumulator, nearest_pairs
 from negdiff.models import LoadedModel
 from negdiff.progress import bar
 from negdiff.stats import NeuronStats
+from negdiff.stats_kernels import release_buffers
+from negdiff.workers import LayerWorkers
 
 
 def plan_pairs(n_windows: int, seq_len: int, n_pairs: int, seed: int) -> np.ndarray:
@@ -50,7 +53,15 @@ def _positions(window: int, seq_len: int, k: int, seed: int) -> np.ndarray:
 
 
 class Streamer:
-    """The hook consumer: routes each layer's tensors to its accumulators as they are produced."""
+    """The hook consumer: routes each layer's tensors to its accumulators as they are produced.
+
+    A layer's work (statistics, then its mapping-difficulty pairs) is one job: run inline, or, during
+    :func:`stream` on CPU, handed to :class:`~negdiff.workers.LayerWorkers` so that several layers are
+    accumulated at once. MLP inputs are staged when they arrive and the pairs are completed when the
+    layer's pre-activations follow: e = |y_a - y_b| is then read off the pre-activations (float32/64
+    models; ``MDAccumulator.add_outputs``). A consumer that never forwards pre-activations (or a
+    low-precision model) gets the matmul path, ``MDAccumulator.add`` with the projection weight.
+    """
 
     FLUSH_PAIRS = 2048
 
@@ -61,13 +72,21 @@ class Streamer:
         self.md = [MDAccumulator(s.width, top_k=top_k) for s in self.sites]
         self.plan = plan
         self.held: dict[int, torch.Tensor] = {}  # layer -> MLP inputs of pairs waiting for their partner
+        self.held_y: dict[int, torch.Tensor] = {}  # layer -> their pre-activations (when the layer's were seen)
         # layer -> (second inputs, pair ids) of pairs whose first input lies before this rank's block
         self.orphans: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+        self.orphans_y: dict[int, torch.Tensor] = {}
         self.windows: list[int] = []
-        # Complete pairs are buffered and added in batches of ~flush_pairs: MDAccumulator.add has a fixed
-        # cost per call (~20 ms at 1536 neurons) that would otherwise be paid per layer per window.
+        self._sel: list[tuple] = []
+        # layer -> per window of the batch: (selection, first-side inputs, second-side inputs), until its "pre"
+        self.staged: dict[int, list[tuple]] = {}
+        # Complete pairs without pre-activations are buffered and added in batches of ~flush_pairs:
+        # MDAccumulator.add has a fixed cost per call that would otherwise be paid per layer per window.
         self.flush_pairs = flush_pairs or self.FLUSH_PAIRS
-        self.pending: dict[int, list[tuple[torch.Tensor, torch.Tensor, np.ndarray]]] = {}
+        self.pending: dict[int, list[tuple]] = {}
+        self.workers: LayerWorkers | None = None
+        # An in-place activation would overwrite the pre-activations before a deferred job reads them.
+        self._inplace = [bool(getattr(s.act_module, "inplace", False)) for s in self.sites]
 
     def calibrate(self, loaded: LoadedModel, window: torch.Tensor, k: int = 256) -> None:
         """Fix every accumulator's bin edges from one window (the corpus's first) without counting it.
@@ -81,59 +100,97 @@ class Streamer:
         def fn(kind: str, layer: int, t: torch.Tensor) -> None:
             if kind == "pre":
                 self.stats[layer] = NeuronStats(t.shape[-1], device=t.device)
-                self.stats[layer].calibrate(t.reshape(-1, t.shape[-1]))
+                workers.submit(partial(self.stats[layer].calibrate, t.reshape(-1, t.shape[-1])))
             else:
                 x = t[0].float()
                 self.md[layer].calibrate(x[:k], x[k: 2 * k], self.weights[layer][0])
 
-        with torch.inference_mode(), capture(loaded.model, what=("pre", "mlp_in"), fn=fn, keep=False,
-                                             stop_after_last=True, sites=loaded.sites) as trace:
+        with LayerWorkers(torch.get_num_threads() if loaded.device.type == "cpu" else 1) as workers, \
+                torch.inference_mode(), capture(loaded.model, what=("pre", "mlp_in"), fn=fn, keep=False,
+                                                stop_after_last=True, sites=loaded.sites) as trace:
             trace.forward(window.reshape(1, -1).to(loaded.device))
+        release_buffers()
 
     def start_batch(self, windows: list[int]) -> None:
+        """Note the windows of the next forward pass and which planned pair sides lie in each."""
         self.windows = windows
+        self._sel = []
+        for row, w in enumerate(windows):
+            first = np.flatnonzero(self.plan[:, 0] == w)  # pairs whose side a lies in this window
+            second = np.flatnonzero(self.plan[:, 2] == w)
+            one = bool(len(first) and len(second) and self.plan[second[0], 0] == w)  # a one-window plan
+            self._sel.append((row, torch.as_tensor(self.plan[first, 1]) if len(first) else None,
+                              torch.as_tensor(self.plan[second, 3]) if len(second) else None, second, one))
 
     def __call__(self, kind: str, layer: int, t: torch.Tensor) -> None:
-        if kind == "pre":
-            if self.stats[layer] is None:  # not calibrated: the first batch fixes the bin edges
-                self.stats[layer] = NeuronStats(t.shape[-1], device=t.device)
-            self.stats[layer].add(t.reshape(-1, t.shape[-1]))
+        if kind == "mlp_in":
+            self._complete(layer)  # inputs staged earlier whose pre-activations never came
+            self.staged[layer] = [(sel, _rows(t[sel[0]], sel[1], True), _rows(t[sel[0]], sel[2], True))
+                                  for sel in self._sel]
             return
-        W, b = self.weights[layer]
-        for row, w in enumerate(self.windows):
-            first = self.plan[:, 0] == w  # pairs whose side a lies in this window
-            second = np.flatnonzero(self.plan[:, 2] == w)
-            x = t[row]
-            if first.any():
-                pos_a = torch.as_tensor(self.plan[first, 1], device=x.device)
-                waiting = x.index_select(0, pos_a).float()
-                if len(second) and self.plan[second[0], 0] == w:  # a one-window plan: both sides here
-                    pos_b = torch.as_tensor(self.plan[second, 3], device=x.device)
-                    self._add(layer, waiting, x.index_select(0, pos_b).float(), second, W, b)
-                    continue
-            if len(second):
-                pos_b = torch.as_tensor(self.plan[second, 3], device=x.device)
-                xb = x.index_select(0, pos_b).float()
+        if self.stats[layer] is None:  # not calibrated: the first batch fixes the bin edges
+            self.stats[layer] = NeuronStats(t.shape[-1], device=t.device)
+        staged = self.staged.pop(layer, None)
+        if self._inplace[layer]:
+            t = t.clone()
+
+        def job() -> None:
+            self.stats[layer].add(t.reshape(-1, t.shape[-1]))
+            if staged is not None:
+                self._pairs(layer, staged, t if t.dtype in (torch.float32, torch.float64) else None)
+
+        if self.workers is not None:
+            self.workers.submit(job)
+        else:
+            job()
+
+    def _complete(self, layer: int | None = None) -> None:
+        for lyr in [layer] if layer is not None else list(self.staged):
+            staged = self.staged.pop(lyr, None)
+            if staged is not None:
+                self._pairs(lyr, staged, None)
+
+    def _pairs(self, layer: int, staged: list[tuple], pre: torch.Tensor | None) -> None:
+        """Join this batch's pair sides with the ones held from the previous window (the pairing rules of
+        :func:`plan_pairs`); ``pre`` adds each side's pre-activations, else the pairs take the matmul path."""
+        for (row, pos_a, pos_b, second, one), xa, xb in staged:
+            ya = None if pre is None else _rows(pre[row], pos_a)
+            yb = None if pre is None else _rows(pre[row], pos_b)
+            if one:  # both sides in this window
+                self._add(layer, (xa, ya), (xb, yb), second)
+                continue
+            if pos_b is not None:
                 if layer in self.held:
-                    self._add(layer, self.held.pop(layer), xb, second, W, b)
+                    self._add(layer, (self.held.pop(layer), self.held_y.pop(layer, None)), (xb, yb), second)
                 else:  # the first window of a rank's block: the partner is on the previous rank
                     self.orphans[layer] = (xb, second)
-            if first.any():
-                self.held[layer] = waiting
+                    _put(self.orphans_y, layer, yb)
+            if pos_a is not None:
+                self.held[layer] = xa
+                _put(self.held_y, layer, ya)
 
-    def _add(self, layer: int, xa: torch.Tensor, xb: torch.Tensor, ids: np.ndarray, W, b) -> None:
-        self.pending.setdefault(layer, []).append((xa, xb, ids))
-        if sum(len(i) for _, _, i in self.pending[layer]) >= self.flush_pairs:
+    def _add(self, layer: int, a: tuple, b: tuple, ids: np.ndarray) -> None:
+        self.pending.setdefault(layer, []).append((*a, *b, ids))
+        # Pairs with pre-activations go in at once (their buffer would be width/d_in times larger).
+        if (a[1] is not None and b[1] is not None) or sum(len(p[-1]) for p in self.pending[layer]) >= self.flush_pairs:
             self.flush(layer)
 
     def flush(self, layer: int | None = None) -> None:
         """Add the buffered pairs of ``layer`` (or of every layer) to the MD accumulators."""
+        self._complete(layer)
         for lyr in [layer] if layer is not None else list(self.pending):
             parts = self.pending.pop(lyr, [])
-            if parts:
+            with_y = [p for p in parts if p[1] is not None and p[3] is not None]
+            without = [p for p in parts if p[1] is None or p[3] is None]
+            if with_y:
+                xa, ya, xb, yb = (_cat([p[i] for p in with_y]) for i in range(4))
+                ids = torch.as_tensor(np.concatenate([p[4] for p in with_y]))
+                d = (xa.double() - xb.double()).norm(dim=1)
+                self.md[lyr].add_outputs(ya, yb, d, meta={"pair_id": ids})
+            if without:
                 W, b = self.weights[lyr]
-                ids = torch.as_tensor(np.concatenate([i for _, _, i in parts]))
-                self.md[lyr].add(torch.cat([a for a, _, _ in parts]), torch.cat([x for _, x, _ in parts]), W, b,
+                ids = torch.as_tensor(np.concatenate([p[4] for p in without]))
+                self.md[lyr].add(torch.cat([p[0] for p in without]), torch.cat([p[2] for p in without]), W, b,
                                  meta={"pair_id": ids})
 
     def state(self, windows_done: int) -> dict[str, Any]:
@@ -143,15 +200,39 @@ class Streamer:
             "stats": [None if s is None else s.state_dict() for s in self.stats],
             "md": [m.state_dict() for m in self.md],
             "held": {k: v.cpu() for k, v in self.held.items()},
+            "held_y": {k: v.cpu() for k, v in self.held_y.items()},
             "orphans": {k: (v.cpu(), i) for k, (v, i) in self.orphans.items()},
+            "orphans_y": {k: v.cpu() for k, v in self.orphans_y.items()},
         }
 
     def load(self, state: dict[str, Any], device: torch.device) -> int:
         self.stats = [None if s is None else NeuronStats.from_state_dict(s, device=device) for s in state["stats"]]
         self.md = [MDAccumulator.from_state_dict(m, device=device) for m in state["md"]]
         self.held = {k: v.to(device) for k, v in state["held"].items()}
+        self.held_y = {k: v.to(device) for k, v in state.get("held_y", {}).items()}
         self.orphans = {k: (v.to(device), i) for k, (v, i) in state.get("orphans", {}).items()}
+        self.orphans_y = {k: v.to(device) for k, v in state.get("orphans_y", {}).items()}
         return int(state["windows_done"])
+
+
+def _rows(t: torch.Tensor, pos: torch.Tensor | None, as_float32: bool = False) -> torch.Tensor | None:
+    """Rows ``pos`` of one window's [seq, dim] tensor, or None: float32 (MLP inputs, as always), or float32
+    unless float64 (pre-activations of a float64 model keep their precision)."""
+    if pos is None:
+        return None
+    rows = t.index_select(0, pos.to(t.device))
+    return rows if rows.dtype == torch.float64 and not as_float32 else rows.float()
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _put(store: dict[int, torch.Tensor], layer: int, value: torch.Tensor | None) -> None:
+    if value is None:
+        store.pop(layer, None)
+    else:
+        store[layer] = value
 
 
 def stream(loaded: LoadedModel, windows: torch.Tensor, streamer: Streamer, batch: int, start: int = 0,
@@ -169,17 +250,26 @@ def stream(loaded: LoadedModel, windows: torch.Tensor, streamer: Streamer, batch
                    disable=not show)
     # Everything runs in inference mode: accumulator tensors first touched inside a hook become inference
     # tensors, and a flush or checkpoint between batches must be allowed to update them.
-    with torch.inference_mode(), capture(loaded.model, what=("pre", "mlp_in"), fn=streamer, keep=False,
-                                         stop_after_last=True, sites=loaded.sites) as trace:
-        for lo in range(start, block.stop, batch):
-            ids = list(range(lo, min(lo + batch, block.stop)))
-            streamer.start_batch(ids)
-            trace.forward(windows[ids].to(device))
-            progress.update(len(ids) * seq)
-            done = ids[-1] + 1
-            if on_checkpoint and every and done < block.stop and done // every != lo // every:
-                on_checkpoint(streamer.state(done))
-        streamer.flush()
+    try:
+        with LayerWorkers(torch.get_num_threads() if device.type == "cpu" else 1) as workers, \
+                torch.inference_mode(), capture(loaded.model, what=("pre", "mlp_in"), fn=streamer, keep=False,
+                                                stop_after_last=True, sites=loaded.sites) as trace:
+            if isinstance(streamer, Streamer):
+                streamer.workers = workers
+            for lo in range(start, block.stop, batch):
+                ids = list(range(lo, min(lo + batch, block.stop)))
+                streamer.start_batch(ids)
+                trace.forward(windows[ids].to(device))
+                workers.drain()  # every layer of this batch is accumulated before the next batch starts
+                progress.update(len(ids) * seq)
+                done = ids[-1] + 1
+                if on_checkpoint and every and done < block.stop and done // every != lo // every:
+                    on_checkpoint(streamer.state(done))
+            streamer.flush()
+    finally:
+        if isinstance(streamer, Streamer):
+            streamer.workers = None
+        release_buffers()
     progress.close()
     return time.perf_counter() - t0
 
@@ -200,11 +290,12 @@ def _merge_ranks(streamer: Streamer, r: distributed.Rank) -> None:
     streamer.flush()
     for layer in range(len(streamer.sites)):
         st, md = streamer.stats[layer], streamer.md[layer]
-        held = streamer.held.get(layer)
-        orphan = streamer.orphans.get(layer)
+        held, held_y = streamer.held.get(layer), streamer.held_y.get(layer)
+        orphan, orphan_y = streamer.orphans.get(layer), streamer.orphans_y.get(layer)
         mine = {"stats": st.state_dict(), "md": md.state_dict(),
-                "held": None if held is None else held.cpu(),
-                "orphan": None if orphan is None else (orphan[0].cpu(), orphan[1])}
+                "held": None if held is None else held.cpu(), "held_y": None if held_y is None else held_y.cpu(),
+                "orphan": None if orphan is None else (orphan[0].cpu(), orphan[1]),
+                "orphan_y": None if orphan_y is None else orphan_y.cpu()}
         parts = distributed.gather_to_main(mine, r)
         if not r.main:
             continue
@@ -216,9 +307,14 @@ def _merge_ranks(streamer: Streamer, r: distributed.Rank) -> None:
         for prev, part in zip(parts[:-1], parts[1:]):
             if part["orphan"] is not None:
                 xb, ids = part["orphan"]
-                md.add(prev["held"].to(W.device), xb.to(W.device), W, b, meta={"pair_id": torch.as_tensor(ids)})
-        streamer.held.pop(layer, None)
-        streamer.orphans.pop(layer, None)
+                xa, meta = prev["held"].to(W.device), {"pair_id": torch.as_tensor(ids)}
+                if prev.get("held_y") is not None and part.get("orphan_y") is not None:  # as one process would
+                    d = (xa.double() - xb.to(W.device).double()).norm(dim=1)
+                    md.add_outputs(prev["held_y"].to(W.device), part["orphan_y"].to(W.device), d, meta=meta)
+                else:
+                    md.add(xa, xb.to(W.device), W, b, meta=meta)
+        for store in (streamer.held, streamer.held_y, streamer.orphans, streamer.orphans_y):
+            store.pop(layer, None)
 
 
 def nearest_md(loaded: LoadedModel, windows: torch.Tensor, streamer: Streamer, tokens: int) -> list[np.ndarray]:
