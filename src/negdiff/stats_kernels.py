@@ -41,12 +41,15 @@ _LOCAL = threading.local()
 
 def buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A reusable per-thread scratch tensor (contents undefined). Why: a multi-MB temporary per pass streams
-    through DRAM; reused buffers stay in cache, and one set per thread keeps concurrent layers apart."""
+    through DRAM; reused buffers stay in cache, and one set per thread keeps concurrent layers apart.
+    Buffers made under inference mode are inference tensors, which may not be written outside it: each
+    mode has its own."""
     store = _LOCAL.__dict__.setdefault("buffers", {})
     numel = math.prod(shape)
-    buf = store.get((name, dtype))
+    key = (name, dtype, torch.is_inference_mode_enabled())
+    buf = store.get(key)
     if buf is None or buf.numel() < numel:
-        buf = store[(name, dtype)] = torch.empty(numel, dtype=dtype)
+        buf = store[key] = torch.empty(numel, dtype=dtype)
     return buf[:numel].view(shape)
 
 

@@ -22,7 +22,7 @@ from negdiff.mapdiff import MDAccumulator, nearest_pairs
 from negdiff.models import LoadedModel
 from negdiff.progress import bar
 from negdiff.stats import NeuronStats
-from negdiff.stats_kernels import release_buffers
+from negdiff.stats_kernels import buffer, release_buffers
 from negdiff.workers import LayerWorkers
 
 
@@ -154,20 +154,26 @@ class Streamer:
         """Join this batch's pair sides with the ones held from the previous window (the pairing rules of
         :func:`plan_pairs`); ``pre`` adds each side's pre-activations, else the pairs take the matmul path."""
         for (row, pos_a, pos_b, second, one), xa, xb in staged:
-            ya = None if pre is None else _rows(pre[row], pos_a)
-            yb = None if pre is None else _rows(pre[row], pos_b)
+            y = None if pre is None else pre[row]
             if one:  # both sides in this window
-                self._add(layer, (xa, ya), (xb, yb), second)
+                self._add(layer, (xa, _rows(y, pos_a)), (xb, _rows(y, pos_b)), second)
                 continue
+            spare = None  # the consumed held pre-activations, reused for the next ones (no fresh 6 MB per window)
             if pos_b is not None:
                 if layer in self.held:
-                    self._add(layer, (self.held.pop(layer), self.held_y.pop(layer, None)), (xb, yb), second)
+                    held_y = self.held_y.pop(layer, None)
+                    scratch = None if held_y is None or y is None or y.device.type != "cpu" else buffer(
+                        "pair_y", (len(pos_b), y.shape[-1]), y.dtype)  # added at once, then free
+                    yb = None if held_y is None else _rows(y, pos_b, out=scratch)
+                    self._add(layer, (self.held.pop(layer), held_y), (xb, yb), second)
+                    spare = held_y if yb is not None else None  # added at once (see _add), so free again
                 else:  # the first window of a rank's block: the partner is on the previous rank
                     self.orphans[layer] = (xb, second)
-                    _put(self.orphans_y, layer, yb)
+                    _put(self.orphans_y, layer, _rows(y, pos_b))
             if pos_a is not None:
                 self.held[layer] = xa
-                _put(self.held_y, layer, ya)
+                reuse = spare is not None and y is not None and spare.shape == (len(pos_a), y.shape[-1])
+                _put(self.held_y, layer, _rows(y, pos_a, out=spare if reuse else None))
 
     def _add(self, layer: int, a: tuple, b: tuple, ids: np.ndarray) -> None:
         self.pending.setdefault(layer, []).append((*a, *b, ids))
@@ -215,11 +221,14 @@ class Streamer:
         return int(state["windows_done"])
 
 
-def _rows(t: torch.Tensor, pos: torch.Tensor | None, as_float32: bool = False) -> torch.Tensor | None:
-    """Rows ``pos`` of one window's [seq, dim] tensor, or None: float32 (MLP inputs, as always), or float32
-    unless float64 (pre-activations of a float64 model keep their precision)."""
-    if pos is None:
+def _rows(t: torch.Tensor | None, pos: torch.Tensor | None, as_float32: bool = False,
+          out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Rows ``pos`` of one window's [seq, dim] tensor (into ``out`` if given, of t's dtype), or None: float32
+    (MLP inputs, as always), or float32 unless float64 (pre-activations of a float64 model keep theirs)."""
+    if t is None or pos is None:
         return None
+    if out is not None and out.dtype == t.dtype and out.device == t.device:
+        return torch.index_select(t, 0, pos.to(t.device), out=out)
     rows = t.index_select(0, pos.to(t.device))
     return rows if rows.dtype == torch.float64 and not as_float32 else rows.float()
 
