@@ -222,3 +222,37 @@ def test_continuation_logliks_same_with_and_without_sharing():
     np.testing.assert_allclose(on, off, atol=1e-4, rtol=0)
     assert (g_on == g_off).all()
     assert ScoringConfig().to_dict()["share_context"] is True  # recorded with every result
+
+
+def _cost(batches, width_of, forward_cost):
+    return sum(len(b) * max(width_of[s] for s in b) + forward_cost for b in batches)
+
+
+def test_batch_cuts_are_the_cheapest_contiguous_split(monkeypatch):
+    """_cut_batches against a hand-worked case and an exhaustive search over every split of the sorted run."""
+    import itertools
+
+    from negdiff import scoring_tree as st
+
+    monkeypatch.setattr(st, "PAST_FACTOR", 10**6)  # the past bound is not what this test checks
+    def plan_of(lengths):  # one root segment per length; only the segment lengths matter here
+        plan = build_plan(sorted([(1,)]))
+        plan.segments = [np.arange(n) for n in lengths]
+        return plan
+    # hand-worked (cost 32 per forward, budget 40): greedy filling gives [20, 5] [5, 5, 5] = 40 + 15 + 64 = 119;
+    # the cheapest split is [20] [5, 5, 5, 5] = 20 + 20 + 64 = 104
+    plan = plan_of([20, 5, 5, 5, 5])
+    assert st._cut_batches(plan, np.arange(5), dict.fromkeys(range(5), 0), 40) == [[0], [1, 2, 3, 4]]
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        n, budget = int(rng.integers(1, 8)), int(rng.integers(8, 40))
+        lengths = sorted((int(x) for x in rng.integers(1, 9, n)), reverse=True)
+        plan = plan_of(lengths)
+        got = st._cut_batches(plan, np.arange(n), dict.fromkeys(range(n), 0), budget)
+        assert sorted(s for b in got for s in b) == list(range(n))
+        assert all(len(b) == 1 or len(b) * lengths[b[0]] <= budget for b in got)
+        best = min(
+            _cost([list(range(a, b)) for a, b in itertools.pairwise((0, *cuts, n))], lengths, st.FORWARD_COST)
+            for k in range(n) for cuts in itertools.combinations(range(1, n), k)
+            if all(b - a == 1 or (b - a) * lengths[a] <= budget for a, b in itertools.pairwise((0, *cuts, n))))
+        assert _cost(got, lengths, st.FORWARD_COST) == best
