@@ -37,7 +37,7 @@ from negdiff.scoring import (
     sequence_logprobs,
 )
 from negdiff.tasks import TASKS, EvalConfig
-from negdiff.tasks_core import subset
+from negdiff.tasks.base import subset
 
 FULL_BLIMP = 67_000
 
@@ -92,7 +92,7 @@ def timed(fn, *args, **kwargs):
 def multiple_choice(model, tokenizer, n_items: int, cfg: ScoringConfig) -> dict:
     """HellaSwag answers scored with each context run once (KV cache) vs once per answer."""
     from negdiff.scoring import continuation_logliks
-    from negdiff.tasks_mc import FORMATS
+    from negdiff.tasks.multiple_choice import FORMATS
 
     items = TASKS["hellaswag"].load(EvalConfig())[:n_items]
     pairs = [p for it in items for p in FORMATS["hellaswag"].prompt(it).pairs]

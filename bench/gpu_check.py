@@ -137,8 +137,9 @@ def base_model(spec: str, tiny: bool, seed: int) -> tuple[torch.nn.Module, Any, 
 def skip_summaries() -> None:
     """Skip what costs CPU time per side and is never compared: the scan's and the ablation's figures, and 9 of
     10 replicates of the scan's negative-region bootstrap (median over 46,080 neurons: 38 s on one core)."""
-    from negdiff import figures
-    from negdiff.experiments import scan, scan_stats
+    from negdiff.experiments import scan
+    from negdiff.experiments.ablate import figures
+    from negdiff.experiments.scan import stats as scan_stats
 
     scan.scan_figures = lambda *a, **k: []
     figures.ablation_figures = lambda *a, **k: []
@@ -224,7 +225,7 @@ def run_ablate_phase(loaded: LoadedModel, sizes: Sizes, work: Path, scan_dir: Pa
 
 def run_eval_phase(loaded: LoadedModel, sizes: Sizes, tasks: tuple[str, ...], seed: int) -> dict[str, Any]:
     from negdiff.evaluate import evaluate
-    from negdiff.tasks_core import EvalConfig
+    from negdiff.tasks.base import EvalConfig
 
     res = evaluate(loaded, list(tasks), config=EvalConfig(seed=seed, **sizes.eval))
     return {"readouts": {f"eval/{t}": frame_arrays(f) for t, f in res["items"].items()}}

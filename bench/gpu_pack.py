@@ -32,8 +32,8 @@ from pathlib import Path
 
 from negdiff.data import data_dir, iter_jsonl, open_text
 from negdiff.results import file_sha256
-from negdiff.tasks_core import limited
-from negdiff.tasks_mc import FORMATS
+from negdiff.tasks.base import limited
+from negdiff.tasks.multiple_choice import FORMATS
 
 LIMIT_MIB = 5.0
 

@@ -25,9 +25,9 @@ import torch
 from negdiff.models import load_model
 from negdiff.results import versions, write_json
 from negdiff.scoring import ScoringConfig, batch_budget, counting, encode_text, length_buckets, score
-from negdiff.scoring_tree import planned_counts, score_tree
+from negdiff.scoring.prefix_tree import planned_counts, score_tree
 from negdiff.tasks import load_blimp, load_tse
-from negdiff.tasks_core import EvalConfig, limited
+from negdiff.tasks.base import EvalConfig, limited
 
 
 def texts_of(items: list[dict]) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +18,8 @@ import torch
 import transformers as T
 from torch import nn
 
-DATA = Path(os.environ.get("NEGDIFF_TEST_DATA", "/work/shared/data"))
+from conftest import DATA  # noqa: E402  (the one data location: NEGDIFF_DATA)
+
 needs_data = pytest.mark.skipif(not (DATA / "blimp").is_dir(), reason=f"staged datasets not found at {DATA}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("NEGDIFF_PROGRESS", "0")
 
@@ -10,6 +11,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers as T  # noqa: E402
+
+#: The staged datasets: the one data location of the tests, ``NEGDIFF_DATA`` as the README's test command sets
+#: it (resolved once, so a test that changes directory still finds it). Unset: data tests skip, saying why;
+#: set to a folder without the datasets: the run stops at once rather than skipping silently.
+_DATA_ENV = os.environ.get("NEGDIFF_DATA")
+DATA = Path(_DATA_ENV).resolve() if _DATA_ENV else Path("/nonexistent/NEGDIFF_DATA-is-unset")
+if _DATA_ENV and not (DATA / "blimp").is_dir():
+    raise pytest.UsageError(f"NEGDIFF_DATA={_DATA_ENV} holds no staged datasets (no blimp/); see README, Data")
 
 VOCAB = 97
 

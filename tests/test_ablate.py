@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import negdiff.experiments.ablate as ablate
-from negdiff import conditions, load_model
+from negdiff import load_model
 from negdiff.errors import NegdiffError
 from negdiff.experiments.ablate import AblateConfig, Condition, match_perplexity, run_ablate, run_condition
-from negdiff.experiments.ablate_stats import _doubling
+from negdiff.experiments.ablate.stats import _doubling
 from negdiff.experiments.scan import ScanConfig, run_scan
 from negdiff.neuronset import NeuronSet
+from negdiff.services import conditions
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA
+
+SHARED = DATA
 needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason="staged data not beside the repo")
 
 

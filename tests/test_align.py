@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,9 @@ from negdiff import NegdiffError, align
 from negdiff.data import Sentence, read_conllu
 from negdiff.scoring import encode_text
 
-SHARED = Path(os.environ.get("NEGDIFF_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from conftest import DATA
+
+SHARED = DATA
 
 # (id, form, upos, SpaceAfter=No?) rows; "2-3" ids are multi-word tokens (their upos is "_").
 DOC1 = [

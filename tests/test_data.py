@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import pytest
 
 from negdiff import NegdiffError
 from negdiff.data import corpus_documents, data_dir, read_conllu, read_jsonl, token_windows
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA
+
+SHARED = DATA
 
 
 class CharTokenizer:

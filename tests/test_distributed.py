@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,8 +14,10 @@ import pytest
 
 from negdiff.distributed import Rank, from_env, shard
 
+from conftest import DATA
+
 WINDOW = 32
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = DATA
 
 
 def test_shard_covers_every_item_once():

@@ -17,9 +17,9 @@ from scipy.spatial import distance
 from negdiff import NegdiffError
 from negdiff.cli import main
 from negdiff.experiments import dynamics
-from negdiff.experiments.dynamics_figures import positions
-from negdiff.experiments.dynamics_spec import Checkpoint, parse_spec
-from negdiff.experiments.dynamics_stats import (
+from negdiff.experiments.dynamics.figures import positions
+from negdiff.experiments.dynamics.spec import Checkpoint, parse_spec
+from negdiff.experiments.dynamics.stats import (
     DESCRIPTIVE,
     change_summary,
     cos_dissimilarity,
@@ -30,7 +30,9 @@ from negdiff.experiments.dynamics_stats import (
 from negdiff.experiments.train_mini import TrainConfig, train
 from negdiff.neuronset import NeuronSet
 
-SHARED = "/work/shared/data"
+from conftest import DATA
+
+SHARED = str(DATA)
 
 
 # ---------------------------------------------------------------------------------------------- SPEC

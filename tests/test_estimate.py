@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from negdiff.experiments import estimate as E
-from negdiff.experiments.reproduce import PRESETS
+from negdiff import estimate as E
+from negdiff.reproduce import PRESETS, step_configs
 
 
 def test_readout_tokens_follow_the_measured_tables():
@@ -17,20 +17,21 @@ def test_readout_tokens_follow_the_measured_tables():
 
 
 def test_ablate_estimate_counts_every_condition():
-    cfgs = E.step_configs({"ablate": dict(PRESETS["quick"]["ablate"])}, seed=0)
-    a = cfgs["ablate"]
-    head = 5120 + E.blimp_tokens(20) + E.tse_tokens(30) + E.nongram_tokens(20)
-    ctrl = E.blimp_tokens(20) + E.tse_tokens(30)
-    dose = 5 * (2048 + E.blimp_tokens(2))
+    cfgs = step_configs({"ablate": dict(PRESETS["quick"]["ablate"])}, seed=0)
+    a = E.counted("ablate", cfgs["ablate"])
+    tree = 1 / E.TREE_RATE  # minimal pairs and benchmark items run through the prefix tree
+    head = 5120 + (E.blimp_tokens(20) + E.tse_tokens(30) + E.nongram_tokens(20)) * tree
+    ctrl = (E.blimp_tokens(20) + E.tse_tokens(30)) * tree
+    dose = 5 * (2048 + E.blimp_tokens(2) * tree)
     want = 8 * head + 4 * ctrl + 7 * 4096 + dose
     assert E.step_tokens("ablate", a, 30) == pytest.approx(want)
-    secs = E.estimate({"ablate": dict(PRESETS["quick"]["ablate"])}, 0, 30, tok_s=1000.0)
+    secs = E.estimate(step_configs({"ablate": dict(PRESETS["quick"]["ablate"])}, 0), 30, tok_s=1000.0)
     assert secs["total"] == pytest.approx(want / 1000.0)
 
 
 def test_standard_preset_runs_controls_on_subsets():
-    a = E.step_configs({"ablate": dict(PRESETS["standard"]["ablate"])}, seed=0)["ablate"]
+    a = E.counted("ablate", step_configs({"ablate": dict(PRESETS["standard"]["ablate"])}, seed=0)["ablate"])
     assert a.blimp_limit is None and a.control_blimp == 40 and a.control_tse == 100
-    full = E.estimate(PRESETS["standard"], 0, 30, 700.0)
-    quick = E.estimate(PRESETS["quick"], 0, 30, 700.0)
+    full = E.estimate(step_configs(PRESETS["standard"], 0), 30, 700.0)
+    quick = E.estimate(step_configs(PRESETS["quick"], 0), 30, 700.0)
     assert full["ablate"] > 10 * quick["ablate"]

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from negdiff import NegdiffError
-from negdiff.fetch import arc_rows, boolq_rows, fetch, hellaswag_rows, piqa_rows, winogrande_rows
+from negdiff.datasets import arc_rows, boolq_rows, fetch, hellaswag_rows, piqa_rows, winogrande_rows
 
 
 def test_converters_match_the_staged_format():

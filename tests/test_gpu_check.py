@@ -17,15 +17,17 @@ import numpy as np
 import pytest
 import torch
 
-from negdiff import figures
 from negdiff.experiments import scan
+from negdiff.experiments.ablate import figures
 from negdiff.models import random_init_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import gpu_check  # noqa: E402
 from gpu_compare import Tolerances, compare  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA
+
+SHARED = DATA
 needs_data = pytest.mark.skipif(not (SHARED / "blimp").is_dir(), reason="staged data not beside the repo")
 
 

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from negdiff.errors import NegdiffError
-from negdiff.inference import (
+from negdiff.result_stats import (
     bootstrap_ci,
     bootstrap_draws,
     holm,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,29 +15,22 @@ import torch
 import transformers as T
 
 from negdiff import NegdiffError, NeuronSet, intervene, load_model
-from negdiff import layer_cache as lc
 from negdiff.cli import main
 from negdiff.experiments import layers
 from negdiff.hooks import hook_count
-from negdiff.layer_cache_plan import PrefixCache, plan, prefix_key
 from negdiff.scoring import Request, ScoringConfig, score, window_nlls
+from negdiff.scoring.prefix_tree import score_tree
+from negdiff.services import layer_cache as lc
+from negdiff.services.layer_cache.plan import PrefixCache, plan, prefix_key
 
 from _evalutil import one_thread  # noqa: F401  (autouse: one thread)
-from conftest import ARCHS, VOCAB, tiny_config
+from conftest import ARCHS, DATA, VOCAB, tiny_config
 
-try:  # the engines that continue from a key/value cache (either may be replaced; the test runs what exists)
-    from negdiff.scoring_shared import score_shared
-except ImportError:  # pragma: no cover
-    score_shared = None
-try:
-    from negdiff.scoring_tree import score_tree
-except ImportError:  # pragma: no cover
-    score_tree = None
-CACHED = [e for e in (score_shared, score_tree) if e is not None]
+CACHED = [score_tree]  # the engine that continues from a key/value cache
 
 TOL = 1e-5
 CFG = ScoringConfig(max_batch_tokens=40)  # several batches, several shared-context chunks
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = DATA
 needs_data = pytest.mark.skipif(not (SHARED / "blimp").is_dir(), reason="staged data not beside the repo")
 
 

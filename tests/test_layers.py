@@ -4,7 +4,6 @@ end-to-end run on a tiny model recomputed from its per-condition tables, resume,
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,12 +11,16 @@ import pytest
 import torch
 from scipy import stats as sstats
 
-from negdiff import NegdiffError, conditions, load_model
+from negdiff import NegdiffError, load_model
 from negdiff.cli import main
-from negdiff.experiments import layers, layers_stats
+from negdiff.experiments import layers
+from negdiff.experiments.layers import stats as layers_stats
 from negdiff.neuronset import NeuronSet
+from negdiff.services import conditions
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA
+
+SHARED = DATA
 needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason="staged data not beside the repo")
 
 

@@ -9,6 +9,8 @@ import torch
 from negdiff.errors import NegdiffError
 from negdiff.mapdiff import MDAccumulator, md_reference, nearest_pairs, random_pairs
 
+from conftest import DATA
+
 
 def test_md_reference_hand_worked():
     # Pair differences (x_a - x_b): (3, 4), (1, 0), (0, 2)  ->  d = 5, 1, 2; max d = 5; d / max = 1, 0.2, 0.4.
@@ -153,13 +155,12 @@ def test_nearest_pairs_finds_planted_neighbours():
 def test_embedded_model_md_and_top_pairs(monkeypatch):
     """Layer 3 of SmolLM2 on WikiText-2: streamed MD within 1% of the authors' definition (3072 random
     pairs), and the top pairs' pre-activations y_i, y_j equal the captured gate_proj outputs."""
-    import os
 
     from negdiff.data import corpus_documents, token_windows
     from negdiff.hooks import capture
     from negdiff.models import load_model
 
-    monkeypatch.setenv("NEGDIFF_DATA", os.environ.get("NEGDIFF_DATA", "/work/shared/data"))
+    monkeypatch.setenv("NEGDIFF_DATA", str(DATA))
     lm = load_model("default")
     docs, _ = corpus_documents("wikitext2")
     wins = token_windows(lm.tokenizer, docs, 2048, max_tokens=3 * 2048)

@@ -4,7 +4,6 @@ an end-to-end run on a tiny model checked against an independent forward pass, r
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,12 +14,15 @@ import torch
 from negdiff import capture, load_model
 from negdiff.cli import main
 from negdiff.data import read_conllu
-from negdiff.experiments import pairs, pairs_stats
+from negdiff.experiments import pairs
+from negdiff.experiments.pairs import stats as pairs_stats
 from negdiff.experiments.scan import pairs_table
 from negdiff.mapdiff import MDAccumulator
 from negdiff.neuronset import NeuronSet
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA
+
+SHARED = DATA
 needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason="staged data not beside the repo")
 UPOS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT", "SCONJ",
         "SYM", "VERB", "X"}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +15,8 @@ from negdiff.bootstrap import stratum_mean_draws
 from negdiff.experiments import pos
 from negdiff.neuronset import NeuronSet
 from negdiff.scoring import encode_text, score_unbatched
+
+from conftest import DATA
 
 CONLLU = """# newdoc id = a
 # sent_id = a-1
@@ -54,7 +54,7 @@ CONLLU = """# newdoc id = a
 8\tpoem\tpoem\tNOUN\t_\t_\t_\t_\t_\tSpaceAfter=No
 9\t.\t.\tPUNCT\t_\t_\t_\t_\t_\t_
 """
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = DATA
 DOC_TEXTS = ["The cat doesn't sit on the mat. Wow, it is big!", "Anna quickly read 3 books and a poem."]
 
 
@@ -303,7 +303,7 @@ def test_cli_pos(tiny_model_dir, scan_dir, corpus, tmp_path, capsys):
 @pytest.mark.slow
 def test_pos_on_the_embedded_model(tmp_path, monkeypatch):
     """The real model on two EWT documents: runs, conserves surprisal, and an ablation moves it."""
-    monkeypatch.setenv("NEGDIFF_DATA", os.environ.get("NEGDIFF_DATA", str(SHARED)))
+    monkeypatch.setenv("NEGDIFF_DATA", str(SHARED))
     loaded = load_model("default")
     gen = torch.Generator().manual_seed(0)
     wn = NeuronSet({s.layer: torch.randperm(s.width, generator=gen)[:16] for s in loaded.sites})

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 import negdiff.experiments.ablate as ablate
-import negdiff.experiments.reproduce as reproduce
+import negdiff.reproduce as reproduce
 from negdiff import NegdiffError, load_model
 from negdiff.decide import STATES
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA
+
+SHARED = DATA
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="staged data not beside the repo")
 
 TINY = {"scan": {"tokens": 1024, "window": 128, "md_pairs": 100, "fraction": 0.05, "check_windows": 0},
@@ -44,6 +46,22 @@ def test_step_keys_change_with_what_decides_the_numbers():
     assert all(rescan[k] != base[k] for k in base)
     other = reproduce.step_keys({**model, "revision": "step1"}, sizes, 0)
     assert all(other[k] != base[k] for k in base)
+
+
+def test_eta_bar_survives_its_last_update_and_an_overrun(monkeypatch, capsys):
+    """The pipeline bar once crashed after the last step of a 34-minute run: the steps' rounded estimates
+    summed past the rounded total, tqdm dropped the total and the format's ``{total:.0f}`` met None."""
+    monkeypatch.setenv("NEGDIFF_PROGRESS", "1")
+    progress, rounded = reproduce.eta_progress({"scan": 124.6, "ablate": 1159.6, "layers": 227.6}, "quick")
+    assert rounded == {"scan": 125, "ablate": 1160, "layers": 228} and progress.total == 1513
+    for step in rounded:
+        progress.update(rounded[step])
+        progress.refresh()  # draw now (tqdm otherwise skips draws within 0.1 s)
+    assert progress.n == progress.total
+    progress.update(50)  # an estimate below the truth: past the total, still no error
+    progress.refresh()
+    progress.close()
+    assert "1513/1513 estimated s" in capsys.readouterr().err
 
 
 def test_sizes_overrides_are_checked():
@@ -85,6 +103,14 @@ def test_interrupted_reproduce_resumes_and_reports(tiny_model_dir, tmp_path, mon
     assert "<th>condition</th>" in page and "wn_neg" in page and any(f"{v.upper()}: " in page for v in STATES)
     md = (tmp_path / "report.md").read_text()
     assert "## Headline table" in md and "| baseline |" in md and "## Layer groups" in md
+
+    # `negdiff report RUN_DIR` rebuilds the same report from the folder alone
+    from negdiff.cli import main
+
+    (tmp_path / "report.md").unlink()
+    (tmp_path / "report.html").unlink()
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").read_text() == md and (tmp_path / "report.html").read_text() == page
 
     # a rerun with nothing changed touches no model: every step is a cache hit
     def no_model():

@@ -233,7 +233,7 @@ def test_nearest_neighbour_md_matches_an_independent_recomputation(loaded, corpu
 
 def test_grid_health_counts_and_warns():
     """frac_offgrid > 1e-3, or a first-batch unit > 10x off the final std, is counted and warned in one line."""
-    from negdiff.experiments.scan_stats import grid_health, grid_warning
+    from negdiff.experiments.scan.stats import grid_health, grid_warning
 
     table = pd.DataFrame({"std": [1.0, 1.0, 1.0, 2.0], "frac_offgrid": [0.0, 5e-4, 2e-3, 0.0]})
     health = grid_health(table, np.array([1.0, 11.0, 0.5, 0.1]))

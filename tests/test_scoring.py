@@ -22,6 +22,7 @@ from negdiff.scoring import (
 )
 
 from _evalutil import (
+    DATA,
     bigram_logprob,
     one_thread,  # noqa: F401  (autouse fixture)
     real_tokenizer,
@@ -178,7 +179,7 @@ def test_embedded_model_batched_equals_unbatched():
     from negdiff.tasks import TASKS, EvalConfig
 
     loaded = load_model("default")
-    items = TASKS["blimp"].load(EvalConfig(data_root="/work/shared/data"))[::1700]
+    items = TASKS["blimp"].load(EvalConfig(data_root=str(DATA)))[::1700]
     reqs = [encode_text(loaded.tokenizer, it[k]) for it in items for k in ("sentence_good", "sentence_bad")]
     ref = [score_unbatched(loaded.model, r) for r in reqs]
     for budget in (1, 512, 4096):

@@ -18,7 +18,7 @@ from negdiff.scoring import (
     score_unbatched,
     token_logprobs,
 )
-from negdiff.scoring_tree import build_plan, chunk_sequences, score_tree
+from negdiff.scoring.prefix_tree import build_plan, chunk_sequences, score_tree
 
 from _evalutil import one_thread, real_tokenizer, tiny_llama  # noqa: F401  (one_thread: autouse fixture)
 from conftest import ARCHS, VOCAB, tiny_model
@@ -59,7 +59,7 @@ def test_tree_equals_unbatched_reference_at_every_budget_and_chunking(arch, monk
     for budget in (1, 7, 100_000):
         assert_matches(score_tree(model, reqs, ScoringConfig(max_batch_tokens=budget), greedy=True), ref,
                        msg=f"{arch} budget {budget}")
-    monkeypatch.setattr("negdiff.scoring_tree.capacity_tokens", lambda *a: 9)  # many chunks
+    monkeypatch.setattr("negdiff.scoring.prefix_tree.capacity_tokens", lambda *a: 9)  # many chunks
     assert_matches(score_tree(model, reqs, ScoringConfig(max_batch_tokens=16), greedy=True), ref, msg=f"{arch} chunks")
 
 
@@ -147,7 +147,7 @@ def _reference(model, reqs):
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])  # absolute and rotary positions
 def test_wrong_positions_are_caught(monkeypatch, arch):
     model, reqs = tiny_model(arch), templated(seed=2)
-    monkeypatch.setattr("negdiff.scoring_tree._positions", lambda n_past, width: torch.arange(width))
+    monkeypatch.setattr("negdiff.scoring.prefix_tree._positions", lambda n_past, width: torch.arange(width))
     assert max_diff(score_tree(model, reqs), _reference(model, reqs)) > 1e-4  # the exactness tests' tolerance
 
 
@@ -159,13 +159,13 @@ def test_unmasked_padding_is_caught(monkeypatch):
         mask[past_width + n_seg:] = 0  # the past's padding is visible
         return mask
 
-    monkeypatch.setattr("negdiff.scoring_tree._row_mask", leaky)
+    monkeypatch.setattr("negdiff.scoring.prefix_tree._row_mask", leaky)
     assert max_diff(score_tree(model, reqs, ScoringConfig(max_batch_tokens=64)), _reference(model, reqs)) > 1e-4
 
 
 def test_a_cache_reused_across_conditions_is_caught(monkeypatch):
     """A store kept from the baseline pass (prefix keys/values not recomputed) gives wrong intervened scores."""
-    import negdiff.scoring_tree as st
+    import negdiff.scoring.prefix_tree as st
 
     model, reqs = tiny_model("llama"), templated(seed=5)
     neurons = NeuronSet({0: torch.arange(0, 48, 2), 1: torch.arange(0, 48, 3)})
@@ -232,7 +232,7 @@ def test_batch_cuts_are_the_cheapest_contiguous_split(monkeypatch):
     """_cut_batches against a hand-worked case and an exhaustive search over every split of the sorted run."""
     import itertools
 
-    from negdiff import scoring_tree as st
+    from negdiff.scoring import prefix_tree as st
 
     monkeypatch.setattr(st, "PAST_FACTOR", 10**6)  # the past bound is not what this test checks
     def plan_of(lengths):  # one root segment per length; only the segment lengths matter here

@@ -13,6 +13,8 @@ import torch
 from negdiff.errors import NegdiffError
 from negdiff.stats import WD_KEYS, NeuronStats, exact_wd, exact_wd_split, sampled_wd
 
+from conftest import DATA
+
 
 # ---------------------------------------------------------------- known distributions (cdf + sampler)
 class Mixture:
@@ -543,13 +545,12 @@ def test_embedded_model_preactivations_meet_the_rule(monkeypatch):
     """Real SmolLM2 pre-activations (WikiText-2 test, 3 x 2048 tokens), streamed window by window as a scan
     does: every neuron of three layers meets the 1% / 0.001 rule against the exact sorted-sample value
     (measured at 8192 tokens: worst 0.4% relative, 3e-4 absolute; error halves with bins_per_octave=128)."""
-    import os
 
     from negdiff.data import corpus_documents, token_windows
     from negdiff.hooks import capture
     from negdiff.models import load_model
 
-    monkeypatch.setenv("NEGDIFF_DATA", os.environ.get("NEGDIFF_DATA", "/work/shared/data"))
+    monkeypatch.setenv("NEGDIFF_DATA", str(DATA))
     lm = load_model("default")
     docs, _ = corpus_documents("wikitext2")
     wins = token_windows(lm.tokenizer, docs, 2048, max_tokens=3 * 2048)

@@ -10,7 +10,12 @@ import torch
 
 from negdiff.errors import NegdiffError
 from negdiff.tasks import TASKS, EvalConfig, expand_tasks, run_task, tse_group
-from negdiff.tasks_mc import hellaswag_preprocess, lambada_split, prompt_hellaswag, prompt_winogrande
+from negdiff.tasks.multiple_choice import (
+    hellaswag_preprocess,
+    lambada_split,
+    prompt_hellaswag,
+    prompt_winogrande,
+)
 
 from _evalutil import (
     DATA,

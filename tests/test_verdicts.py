@@ -10,7 +10,7 @@ from scipy import stats
 from negdiff.bootstrap import Interval, from_draws, mean_t, stratum_mean_draws, t_interval
 from negdiff.contrasts import Contrasts
 from negdiff.decide import Claim, decide, mde
-from negdiff.experiments.ablate_stats import build_claims, match_check
+from negdiff.experiments.ablate.stats import build_claims, match_check
 
 
 def _iv(est: float, se: float, n: int = 500) -> Interval:
@@ -145,7 +145,7 @@ def test_random_set_interval_covers_through_contrasts(set_sd):
 
 def test_holm_path_matches_holm_and_tracks_the_step_that_sets_each_value():
     from negdiff.decide import _holm_path
-    from negdiff.inference import holm
+    from negdiff.result_stats import holm
 
     p = np.array([0.01, 0.04, 0.03, 0.2, 0.001])
     adj, mult, src = _holm_path(p)

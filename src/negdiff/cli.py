@@ -1,8 +1,10 @@
-"""The ``negdiff`` command line: one subcommand per experiment, plus ``info``.
+"""The ``negdiff`` command line: one subcommand per declared step (negdiff.steps), plus info, eval, data,
+reproduce and report.
 
 User mistakes surface as :class:`NegdiffError` and are printed as one line (exit code 2, no traceback);
 Ctrl-C exits with 130. Subcommands live in the modules that implement them and register themselves
-through a ``register(subparsers)`` function, so this file stays a table of contents.
+through a ``register(subparsers)`` function (a step's through its Step), so this file stays a table of
+contents.
 """
 
 from __future__ import annotations
@@ -15,51 +17,11 @@ import sys
 
 from negdiff import distributed
 from negdiff.errors import NegdiffError
+from negdiff.options import add_model_args
 
-#: Modules that add subcommands, in the order they appear in ``negdiff --help``.
-COMMAND_MODULES = (
-    "negdiff.experiments.reproduce",
-    "negdiff.experiments.scan",
-    "negdiff.evaluate",
-    "negdiff.experiments.ablate",
-    "negdiff.experiments.pos",
-    "negdiff.experiments.pairs",
-    "negdiff.experiments.layers",
-    "negdiff.experiments.train_mini",
-    "negdiff.experiments.dynamics",
-    "negdiff.fetch",
-)
-
-
-def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
-    """The model options every subcommand shares."""
-    if positional:
-        p.add_argument("model", help="hub id (gpt2, EleutherAI/pythia-160m, ...), local folder, .gguf file, or 'default'")
-    p.add_argument("--revision", default=None, help="hub revision, e.g. step1000 for Pythia checkpoints")
-    p.add_argument("--dtype", default="float32", help="float32 (default, honest on CPU), bfloat16 or float16")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (shard over GPUs with accelerate)")
-    add_threads_arg(p)
-
-
-def add_threads_arg(p: argparse.ArgumentParser) -> None:
-    """``--threads``: torch's CPU threads (main applies it; 1 is faster when another job shares 2 cores)."""
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 is faster on a shared small machine)")
-
-
-def run_on_model(args: argparse.Namespace, run, wrote: str, lines=lambda record: record["summary_lines"]) -> int:
-    """The body every experiment command shares: load the model the options name, run, print the summary.
-
-    Under torchrun only rank 0 prints (every rank computes).
-    """
-    from negdiff.models import load_model
-
-    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
-    record = run(loaded)
-    if distributed.from_env().main:
-        print("\n".join(lines(record)))
-        print(f"wrote {args.out}/: {wrote}")
-    return 0
+#: Modules that add subcommands besides the steps (negdiff.steps), in ``negdiff --help`` order around them.
+COMMANDS_BEFORE = ("negdiff.reproduce", "negdiff.report")
+COMMANDS_AFTER = ("negdiff.evaluate", "negdiff.datasets")
 
 
 def _apply_threads(args: argparse.Namespace) -> None:
@@ -112,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="print the model info as JSON")
     p.set_defaults(func=_cmd_info)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+    from negdiff.steps import all_steps
+
+    for name in COMMANDS_BEFORE:
+        importlib.import_module(name).register(sub)
+    for s in all_steps():
+        s.register(sub)
+    for name in COMMANDS_AFTER:
+        importlib.import_module(name).register(sub)
     return parser
 
 

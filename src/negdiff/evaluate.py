@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from negdiff.errors import NegdiffError
-from negdiff.inference import bootstrap_draws, percentile_ci
+from negdiff.result_stats import bootstrap_draws, percentile_ci
 from negdiff.results import versions, write_json, write_parquet
 from negdiff.scoring import BOS_POLICIES, ScoringConfig
 from negdiff.tasks import ALIASES, TASKS, EvalConfig, TaskResult, expand_tasks, run_task
@@ -168,8 +168,8 @@ def summary_lines(results: dict) -> list[str]:
 
 def register(subparsers) -> None:
     """Add the ``eval`` subcommand."""
-    from negdiff.cli import add_model_args
     from negdiff.hooks import MODES
+    from negdiff.options import add_model_args
 
     p = subparsers.add_parser("eval", help="run BLiMP, TSE, perplexity and the non-grammatical suite",
                               description="Evaluate a model (optionally under an intervention) and write "

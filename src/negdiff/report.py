@@ -13,32 +13,31 @@ from typing import Any
 
 from negdiff.results import atomic_write_bytes, read_json
 
-#: step -> its record file, in report order
-STEPS = {"scan": "scan.json", "ablate": "ablation.json", "pairs": "pairs.json", "pos": "pos.json",
-         "layers": "layers.json", "dynamics": "dynamics.json"}
-#: headings of the steps whose summary lines the report quotes
-SECTIONS = {"scan": "Scan", "pairs": "Negative differentiation: the top pairs of WN vs random neurons",
-            "pos": "Where the excess surprisal lands (gold UPOS)", "layers": "Layer groups",
-            "dynamics": "Training dynamics"}
+
+def _steps():
+    """The declared steps, in report order (:mod:`negdiff.steps`)."""
+    from negdiff.steps import all_steps
+
+    return all_steps()
 
 
 def _load(run: Path) -> dict[str, Any]:
     parts: dict[str, Any] = {}
-    for step, name in STEPS.items():
-        if (run / step / name).is_file():
-            parts[step] = read_json(run / step / name)
+    for s in _steps():
+        if s.finished(run):
+            parts[s.name] = read_json(s.folder(run) / s.record)
     if (run / "manifest.json").is_file():
         parts["manifest"] = read_json(run / "manifest.json")
     return parts
 
 
 def _figures(run: Path) -> list[Path]:
-    return [p for step in STEPS for p in sorted((run / step / "figures").glob("*.png"))]
+    return [p for s in _steps() for p in sorted((s.folder(run) / "figures").glob("*.png"))]
 
 
 def markdown(run: str | Path) -> str:
     """The report as Markdown (figures linked by relative path)."""
-    from negdiff.experiments.ablate_stats import claim_lines, table_lines, table_markdown
+    from negdiff.experiments.ablate.stats import claim_lines, table_lines, table_markdown
 
     run = Path(run)
     parts = _load(run)
@@ -65,9 +64,9 @@ def markdown(run: str | Path) -> str:
             lines.append(f"Dose response: perplexity doubles at p = {100 * dd:.2f}% per layer." if dd else
                          "Dose response: perplexity does not double within the sweep.")
             lines.append("")
-    for step, heading in SECTIONS.items():
-        if step in parts:
-            lines += [f"## {heading}", "", *[f"    {x}" for x in parts[step].get("summary_lines", [])], ""]
+    for s in _steps():
+        if s.section and s.name in parts:
+            lines += [f"## {s.section}", "", *[f"    {x}" for x in parts[s.name].get("summary_lines", [])], ""]
     lines += ["## Figures", ""] + [f"![{p.stem}]({p.relative_to(run)})" for p in _figures(run)] + [""]
     if "manifest" in parts:
         m = parts["manifest"]
@@ -130,3 +129,24 @@ def write_report(run: str | Path) -> tuple[Path, Path]:
     atomic_write_bytes(run / "report.md", md.encode())
     atomic_write_bytes(run / "report.html", _md_to_html(md, run).encode())
     return run / "report.md", run / "report.html"
+
+
+def _cmd_report(args) -> int:
+    from negdiff.errors import NegdiffError
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise NegdiffError(f"{run} is not a folder; give a run folder written by `negdiff reproduce` or the step commands")
+    if not any(s.finished(run) for s in _steps()):
+        names = ", ".join(f"{s.name}/{s.record}" for s in _steps())
+        raise NegdiffError(f"{run} holds no finished step (looked for {names}); nothing to report")
+    md, page = write_report(run)
+    print(f"wrote {md} and {page}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``negdiff report RUN_DIR``."""
+    p = sub.add_parser("report", help="rebuild report.md and report.html from a run folder (no model, no recomputation)")
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder: step sub-folders (scan/, ablate/, ...) as reproduce writes")
+    p.set_defaults(func=_cmd_report)

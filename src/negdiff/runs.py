@@ -1,0 +1,66 @@
+"""A step of the pipeline, declared once by the experiment that implements it.
+
+Why one object: the pipeline used to be described in four tables (the CLI's command modules, reproduce's
+upstream map and runners, the report's record files and headings) that drifted apart. Each experiment
+package now exports one :class:`Step`; :mod:`negdiff.steps` lists them in pipeline order, and
+``reproduce``, the report, preset validation and the CLI read only that list.
+
+A step's config is its dataclass: a preset or ``--sizes`` entry is checked against the dataclass's fields
+(and the dataclass's own checks run) before any model loads, so a typo fails in a second, not when the
+step starts an hour later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from negdiff.errors import NegdiffError
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: what it is called, what it reads and writes, how it runs inside a run folder."""
+
+    name: str  #: the subcommand and the run's sub-folder
+    config: type  #: the config dataclass (its fields are the preset keys; ``seed`` is the run's)
+    record: str  #: the step's record file in its folder; present means finished
+    upstream: tuple[str, ...] = ()  #: steps whose folders (siblings in the run folder) it reads
+    section: str | None = None  #: report heading over its summary lines (None: the report builds its own)
+    #: ``run(loaded, run_dir, cfg, force)``: the step inside a run folder (``force``: redo, the settings changed);
+    #: None: not run by reproduce
+    run: Callable[..., dict] | None = None
+    register: Callable[[Any], None] | None = None  #: adds the step's subcommand to the CLI's subparsers
+
+    @property
+    def in_pipeline(self) -> bool:
+        """Whether ``negdiff reproduce`` runs it (dynamics and train-mini take other inputs)."""
+        return self.run is not None
+
+    def fields(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self.config)]
+
+    def check_sizes(self, values: dict[str, Any], where: str = "--sizes") -> None:
+        """Refuse keys the config does not have, naming the valid ones (one line, before any work)."""
+        unknown = sorted(set(values) - set(self.fields()))
+        if unknown:
+            raise NegdiffError(f"{where}: step '{self.name}' has no setting {', '.join(map(repr, unknown))}; "
+                               f"its settings are {', '.join(k for k in self.fields() if k != 'seed')}")
+
+    def make_config(self, values: dict[str, Any], seed: int, where: str = "--sizes") -> Any:
+        """The step's config from a preset's values (lists become tuples); runs the config's own checks."""
+        self.check_sizes(values, where)
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        try:
+            return self.config(**{**values, "seed": seed})
+        except TypeError as exc:  # a wrong type that the dataclass itself did not check
+            raise NegdiffError(f"{where}: step '{self.name}': {exc}") from None
+
+    def folder(self, run_dir: str | Path) -> Path:
+        return Path(run_dir) / self.name
+
+    def finished(self, run_dir: str | Path) -> bool:
+        return (self.folder(run_dir) / self.record).is_file()
