@@ -75,3 +75,24 @@ def test_bad_dtype_and_device(tiny_model_dir):
             load_model(str(tiny_model_dir), device="cuda")
     with pytest.raises(NegdiffError, match="unknown device 'gpu0'"):
         load_model(str(tiny_model_dir), device="gpu0")
+
+
+def test_a_second_process_publishing_the_same_dequantized_folder_keeps_the_first(tmp_path):
+    """Two processes on an empty cache: the loser's rename meets a non-empty folder and must not fail."""
+    out = tmp_path / "model"
+    first, second = tmp_path / ".first", tmp_path / ".second"
+    for d, tag in ((first, "first"), (second, "second")):
+        d.mkdir()
+        (d / "weights").write_text(tag)
+        (d / "SOURCE").write_text("dequantized from x\n")
+    models.publish_folder(first, out)
+    models.publish_folder(second, out)  # raised OSError (Directory not empty) before the fix
+    assert (out / "weights").read_text() == "first" and not second.exists()
+    half = tmp_path / ".half"
+    half.mkdir()
+    (half / "weights").write_text("x")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "partial").write_text("no SOURCE: not a finished folder")
+    with pytest.raises(OSError):
+        models.publish_folder(half, broken)

@@ -157,10 +157,25 @@ def _dequantize_to(gguf: Path, out: Path) -> None:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "SOURCE").write_text(f"dequantized from {gguf} ({_file_key(gguf)})\n")
-        os.replace(tmp, out)
+        publish_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_folder(tmp: Path, out: Path) -> None:
+    """Move a finished ``tmp`` folder to ``out``, or keep ``out`` if another process published it first.
+
+    Why: two processes that start on an empty cache both dequantize; the second rename then fails on the
+    first one's non-empty folder ("Directory not empty"). ``out`` is keyed by the GGUF's identity, so a
+    finished one (its SOURCE file is written last) holds the same weights: keep it, drop ours.
+    """
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if not (out / "SOURCE").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _gguf_quant_type(gguf: Path) -> str:
