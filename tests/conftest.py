@@ -40,10 +40,28 @@ def tiny_config(arch: str):
         return T.OPTConfig(**common, ffn_dim=72, word_embed_proj_dim=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if arch == "phi3":
         return T.Phi3Config(**common, intermediate_size=40, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if arch == "mistral":
+        return T.MistralConfig(**common, num_key_value_heads=2, intermediate_size=48, bos_token_id=1, eos_token_id=2)
+    if arch == "qwen3":
+        return T.Qwen3Config(**common, num_key_value_heads=2, intermediate_size=56, head_dim=8, bos_token_id=1,
+                             eos_token_id=2)
+    if arch == "gemma2":  # alternating sliding (window 16) and full attention, logit soft-capping
+        return T.Gemma2Config(**common, num_key_value_heads=2, intermediate_size=40, head_dim=8, sliding_window=16,
+                              bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "olmo":
+        return T.OlmoConfig(**common, intermediate_size=48, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "olmo2":
+        return T.Olmo2Config(**common, intermediate_size=48, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "phi":  # phi-2 style: gelu_new, partial rotary, a plain (not gated) MLP
+        return T.PhiConfig(**common, intermediate_size=64, partial_rotary_factor=0.5, bos_token_id=1, eos_token_id=2)
     raise ValueError(arch)
 
 
 ARCHS = ["gpt2", "gpt_neox", "llama", "qwen2", "gemma", "opt"]
+#: One tiny config per row of the site registry (tests/test_sites.py checks the two lists agree): the
+#: architectures above plus those that share a row's layout but differ in ways that could break a hook or
+#: the prefix tree (sliding windows, soft-capping, partial rotary, norms after the block).
+REGISTRY_ARCHS = [*ARCHS, "phi3", "mistral", "qwen3", "gemma2", "olmo", "olmo2", "phi"]
 
 
 def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32):

@@ -24,7 +24,7 @@ from negdiff.services import layer_cache as lc
 from negdiff.services.layer_cache.plan import PrefixCache, plan, prefix_key
 
 from _evalutil import one_thread  # noqa: F401  (autouse: one thread)
-from conftest import ARCHS, DATA, VOCAB, tiny_config
+from conftest import DATA, REGISTRY_ARCHS, VOCAB, tiny_config
 
 CACHED = [score_tree]  # the engine that continues from a key/value cache
 
@@ -94,7 +94,7 @@ def windows(n: int = 5, w: int = 24, seed: int = 0) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- exactness
-@pytest.mark.parametrize("arch", [*ARCHS, "phi3"])
+@pytest.mark.parametrize("arch", REGISTRY_ARCHS)
 def test_replay_equals_uncached_for_every_arch_layer_and_engine(arch):
     """Recorded once at layers 1-3 in the baseline, replayed under edits on layers >= L: the same log-probs
     (plain engine, shared-context engine continuing from a cache, perplexity windows), and no module below the

@@ -21,9 +21,9 @@ from negdiff.scoring import (
 from negdiff.scoring.prefix_tree import build_plan, chunk_sequences, score_tree
 
 from _evalutil import one_thread, real_tokenizer, tiny_llama  # noqa: F401  (one_thread: autouse fixture)
-from conftest import ARCHS, VOCAB, tiny_model
+from conftest import REGISTRY_ARCHS, VOCAB, tiny_model
 
-ALL_ARCHS = [*ARCHS, "phi3"]  # the seven tiny configs
+ALL_ARCHS = REGISTRY_ARCHS  # one tiny config per registry row
 
 
 def templated(seed: int = 0, n: int = 60, vocab: int = VOCAB) -> list[Request]:

@@ -10,7 +10,7 @@ import transformers as T
 from negdiff import NegdiffError, capture, resolve
 from negdiff.sites import REGISTRY, describe, neuron_name
 
-from conftest import tiny_config, tiny_model
+from conftest import REGISTRY_ARCHS, tiny_config, tiny_model
 
 EXPECTED = {  # arch -> (activation module path of layer 0, kind, config width attribute)
     "gpt2": ("transformer.h.0.mlp.act", "gelu", None),
@@ -105,3 +105,34 @@ def test_neuron_name():
 def test_relu_model_is_flagged():
     sites = resolve(tiny_model("opt"))
     assert describe(sites)["smooth"] is False and sites[0].kind == "relu"
+
+
+def test_every_registry_row_has_a_tiny_config():
+    """A new registry row without a tiny config would go untested."""
+    assert sorted(REGISTRY) == sorted(REGISTRY_ARCHS)
+    assert sorted(tiny_config(a).model_type for a in REGISTRY_ARCHS) == sorted(REGISTRY)
+
+
+@pytest.mark.parametrize("arch", REGISTRY_ARCHS)
+def test_every_registry_row_hooks_the_activation_functions_argument(arch, token_batch):
+    """What negdiff calls a neuron's pre-activation is, bit for bit, what the activation module receives
+    (seen by a raw torch pre-hook, independent of negdiff), in every layer, with the right width."""
+    model = tiny_model(arch)
+    ids, mask = token_batch
+    sites = resolve(model)
+    cfg = model.config
+    assert len(sites) == (getattr(cfg, "num_hidden_layers", None) or cfg.n_layer) >= 2
+    seen: dict[int, torch.Tensor] = {}
+    handles = [s.act_module.register_forward_pre_hook(
+        lambda m, args, i=s.layer: seen.setdefault(i, args[0].detach().clone())) for s in sites]
+    try:
+        with capture(model, what=("pre",)) as tr:
+            tr.forward(ids, mask)
+    finally:
+        for h in handles:
+            h.remove()
+    assert sorted(seen) == [s.layer for s in sites]
+    for s in sites:
+        got = seen[s.layer]
+        assert got.shape[-1] == s.width  # phi3's fused gate_up: the activation sees the gate half only
+        assert torch.equal(tr.pre[s.layer].reshape(got.shape), got), f"{arch} layer {s.layer}"
