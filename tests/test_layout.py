@@ -100,3 +100,25 @@ def test_report_command_refuses_a_folder_without_steps(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds no finished step (looked for scan/scan.json, ablate/ablation.json" in err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_write_record_adds_the_common_fields_and_writes_strict_json(tmp_path):
+    import json
+    import math
+
+    import numpy as np
+
+    from negdiff.runs import RECORD_FIELDS, git_revision, write_record
+
+    rec = {"model": {"name": "m", "spec": "m", "weights_hash": "abc", "dtype": "float32", "extra": 1},
+           "value": float("nan"), "nested": [1.5, float("inf"), np.float32(2.0)], "summary_lines": ["one"]}
+    write_record(tmp_path / "r.json", rec, "scan", seconds=3.0)
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    back = json.loads(text)
+    assert set(RECORD_FIELDS) <= set(back) and back["step"] == "scan" and back["timings"] == {"seconds": 3.0}
+    assert back["value"] is None and back["nested"] == [1.5, None, 2.0] and not math.isnan(rec["nested"][0])
+    assert back["model_key"]["weights_hash"] == "abc" and "extra" not in back["model_key"]
+    assert back["git_revision"] == git_revision()
+    rev = git_revision()
+    assert rev is None or len(rev.removesuffix("+dirty")) == 40

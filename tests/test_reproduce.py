@@ -104,6 +104,20 @@ def test_interrupted_reproduce_resumes_and_reports(tiny_model_dir, tmp_path, mon
     md = (tmp_path / "report.md").read_text()
     assert "## Headline table" in md and "| baseline |" in md and "## Layer groups" in md
 
+    # every step's record carries the common fields (docs/records.md) and is strict JSON
+    from negdiff.runs import RECORD_FIELDS, RECORD_FORMAT
+    from negdiff.steps import pipeline
+
+    def no_constants(name):
+        raise AssertionError(f"non-strict JSON constant {name}")
+
+    for s in pipeline():
+        rec = json.loads((s.folder(tmp_path) / s.record).read_text(), parse_constant=no_constants)
+        assert set(RECORD_FIELDS) <= set(rec), (s.name, set(RECORD_FIELDS) - set(rec))
+        assert rec["record_format"] == RECORD_FORMAT and rec["step"] == s.name and rec["summary_lines"]
+        assert rec["model_key"]["weights_hash"] == manifest["model"]["weights_hash"] and rec["config"]
+        assert rec["date"].endswith("+00:00") and rec["versions"]["torch"]
+
     # `negdiff report RUN_DIR` rebuilds the same report from the folder alone
     from negdiff.cli import main
 

@@ -64,3 +64,71 @@ class Step:
 
     def finished(self, run_dir: str | Path) -> bool:
         return (self.folder(run_dir) / self.record).is_file()
+
+
+# ------------------------------------------------------------------------------------------------ records
+#: The schema every step's record file follows (docs/records.md); bump on an incompatible change.
+RECORD_FORMAT = "negdiff.record/1"
+#: The fields every record carries, whatever its step adds.
+RECORD_FIELDS = ("record_format", "step", "format", "model_key", "config", "timings", "versions", "git_revision",
+                 "date", "summary_lines")
+_MODEL_KEY = ("name", "spec", "revision", "weights_hash", "quantization", "dtype", "device")
+
+
+def git_revision() -> str | None:
+    """The commit negdiff runs from (``+dirty`` with uncommitted changes), or None outside a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def _strict(obj: Any) -> Any:
+    """NaN and infinities -> null, so the file is strict JSON (other tools refuse NaN); None means 'no value'."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy / torch values
+        return _strict(obj.tolist())
+    return obj
+
+
+def write_record(path: str | Path, record: dict[str, Any], step: str, seconds: float | None = None) -> Path:
+    """Write a step's record with the common fields of :data:`RECORD_FIELDS`, as strict JSON.
+
+    Why one writer: a reader (the report, a reviewer's script, the evaluation harness's tooling) finds the
+    same header in every step's file: which model (key, not just a name), which settings, when, with which
+    code (package versions and git revision), how long, and the summary lines. The step's own fields stay.
+    """
+    import datetime
+    import json
+
+    from negdiff.results import _json_default, atomic_write_bytes, versions
+
+    model = record.get("model") if isinstance(record.get("model"), dict) else {}
+    record.setdefault("format", f"negdiff.{step}/1")
+    record.setdefault("config", {})
+    record.setdefault("summary_lines", [])
+    record.setdefault("versions", versions())
+    record.update({
+        "record_format": RECORD_FORMAT, "step": step,
+        "model_key": {k: model.get(k) for k in _MODEL_KEY} if model else None,
+        "timings": {**record.get("timings", {}), **({"seconds": seconds} if seconds is not None else {})},
+        "git_revision": git_revision(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    })
+    text = json.dumps(_strict(json.loads(json.dumps(record, default=_json_default))), indent=2, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode())

@@ -18,7 +18,7 @@ import numpy as np
 from negdiff.bootstrap import N_BOOT
 from negdiff.contrasts import NONGRAM, Contrasts, ppl_cell, readouts_of
 from negdiff.decide import ALPHA, Claim, decide
-from negdiff.results import write_json
+from negdiff.runs import write_record
 
 #: The declared protocol (docs/protocol.md): deciding read-outs, equivalence margins, matching tolerance.
 PROTOCOL: dict[str, Any] = {
@@ -292,7 +292,8 @@ def write_outputs(record: dict[str, Any], results: dict[str, dict], out: Path) -
     from negdiff.experiments.ablate.figures import ablation_figures
 
     record["figures"] = [str(p.relative_to(out)) for p in ablation_figures(record, results, out)]
-    write_json(out / "ablation.json", record)
+    record["summary_lines"] = table_lines(record)  # what `negdiff ablate` prints
+    write_record(out / "ablation.json", record, "ablate", record.get("seconds_total"))
     from negdiff.results import atomic_write_bytes
 
     atomic_write_bytes(out / "table.md", ("\n".join(table_lines(record)) + "\n").encode())

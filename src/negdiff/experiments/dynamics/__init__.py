@@ -43,7 +43,7 @@ from negdiff.models import LoadedModel, load_model, resolve_device, resolve_dtyp
 from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
 from negdiff.results import config_key, read_json, versions, write_json, write_parquet
-from negdiff.runs import Step
+from negdiff.runs import Step, write_record
 from negdiff.select import CLI_CRITERIA, random_like, select_wasserstein
 from negdiff.services.conditions import Condition
 
@@ -307,7 +307,7 @@ def run_dynamics(ckpts: list[Checkpoint], cfg: DynamicsConfig, out: str | Path, 
     }
     record["figures"] = [str(p.relative_to(out)) for p in dynamics_figures(table, record, out / "figures")]
     record["summary_lines"] = summary_lines(table, record)
-    write_json(out / "dynamics.json", record)
+    write_record(out / "dynamics.json", record, "dynamics", record["timing"]["seconds"])
     return record
 
 

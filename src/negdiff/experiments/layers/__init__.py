@@ -44,7 +44,7 @@ from negdiff.hooks import POST_MODES, PRE_MODES
 from negdiff.models import LoadedModel
 from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
-from negdiff.runs import Step
+from negdiff.runs import Step, write_record
 from negdiff.scoring import ScoringConfig
 from negdiff.services.conditions import Condition
 from negdiff.services.conditions import run_condition as run_condition_in
@@ -237,7 +237,7 @@ def run_layers(loaded: LoadedModel, scan_dir: str | Path, cfg: LayersConfig, out
     record["summary_lines"] = layers_stats.summary_lines(record, deltas)
     results.write_parquet(out / "deltas.parquet", deltas)
     record["figures"] = [str(p.relative_to(out)) for p in layers_figures(record, deltas, out / "figures")]
-    results.write_json(out / "layers.json", record)
+    write_record(out / "layers.json", record, "layers", record.get("seconds_total"))
     return record
 
 

@@ -36,7 +36,7 @@ from negdiff.mapdiff import MDAccumulator
 from negdiff.models import LoadedModel
 from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
-from negdiff.runs import Step
+from negdiff.runs import Step, write_record
 from negdiff.select import random_like
 from negdiff.services.md_pairs import pairs_table
 from negdiff.services.scan_outputs import load_wn, wn_path
@@ -328,7 +328,7 @@ def run_pairs(loaded: LoadedModel, scan_dir: str | Path, cfg: PairsConfig, out: 
     results.write_parquet(out / "panel_preacts.parquet", preacts)
     results.write_parquet(out / "panel_points.parquet", points)
     record["figures"] = [str(p.relative_to(out)) for p in pairs_figures(record, table, preacts, points, out / "figures")]
-    results.write_json(out / "pairs.json", record)
+    write_record(out / "pairs.json", record, "pairs", time.perf_counter() - t0)
     return record
 
 

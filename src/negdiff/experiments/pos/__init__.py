@@ -42,7 +42,7 @@ from negdiff.hooks import intervene
 from negdiff.models import LoadedModel
 from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
-from negdiff.runs import Step
+from negdiff.runs import Step, write_record
 from negdiff.scoring import ScoringConfig, model_max_length, score
 from negdiff.select import random_like
 from negdiff.services.scan_outputs import load_wn
@@ -280,7 +280,7 @@ def run_pos(loaded: LoadedModel, scan_dir: str | Path, cfg: PosConfig, out: str 
     record["summary_lines"] = summary_lines(record)
     results.write_parquet(out / "words.parquet", words)
     pos_figures(record, out / "figures")
-    results.write_json(out / "pos.json", record)
+    write_record(out / "pos.json", record, "pos")
     return record
 
 

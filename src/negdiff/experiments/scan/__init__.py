@@ -34,10 +34,9 @@ from negdiff.results import (
     file_sha256,
     read_json,
     versions,
-    write_json,
     write_parquet,
 )
-from negdiff.runs import Step
+from negdiff.runs import Step, write_record
 from negdiff.scoring import window_nlls
 from negdiff.select import CLI_CRITERIA, check_criterion, random_like, select_wasserstein
 from negdiff.services.md_pairs import pairs_table
@@ -221,7 +220,7 @@ def run_scan(loaded: LoadedModel, cfg: ScanConfig, out: str | Path, force: bool 
     with distributed.local_only():  # the other ranks are done: rank 0 finishes alone
         record = _finish(loaded, cfg, out, record, streamer, windows, check)
     record["timing"]["total_s"] = time.time() - started
-    write_json(out / "scan.json", record)
+    write_record(out / "scan.json", record, "scan", record["timing"].get("total_s"))
     state_path.unlink(missing_ok=True)
     return record
 

@@ -39,7 +39,7 @@ from negdiff.errors import NegdiffError
 from negdiff.experiments.train_mini.data import batch_rows, get_tokenizer, save_steps, token_windows_with_sep
 from negdiff.progress import bar, status
 from negdiff.results import config_key, file_sha256, read_json, versions, write_json
-from negdiff.runs import Step
+from negdiff.runs import Step, write_record
 from negdiff.scoring import prefix_id
 
 FORMAT = "negdiff.train_mini/1"
@@ -304,8 +304,8 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", force: bool = 
                  "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
                  "losses": list(losses), "checkpoints": list(ckpts), "seconds": elapsed}
         write_checkpoint(out, step, model, tokenizer, {**info, "run_key": key, "config": cfg.to_dict()}, state)
-        write_json(out / "train.json", {**record, "checkpoints": ckpts, "losses": losses,
-                                        "timing": {"seconds_train": elapsed}})
+        write_record(out / "train.json", {**record, "checkpoints": ckpts, "losses": losses,
+                                          "timing": {"seconds_train": elapsed}}, "train-mini", elapsed)
 
     model.train()
     if start == 0:
@@ -334,7 +334,7 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", force: bool = 
                   final_loss=ckpts[-1]["train_loss"], final_val_loss=ckpts[-1]["val_loss"],
                   timing={"seconds_train": elapsed, "seconds_this_run": time.time() - t_start,
                           "tokens_per_s": trained / max(1e-9, time.perf_counter() - t0)})
-    write_json(out / "train.json", record)
+    write_record(out / "train.json", record, "train-mini", elapsed)
     return TrainRun(model.eval(), tokenizer, record)
 
 
