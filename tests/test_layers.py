@@ -243,9 +243,10 @@ def test_cli_layers_bad_input(tiny_model_dir, scan_dir, tmp_path, capsys):
     args = ["layers", str(tiny_model_dir), "--out", str(tmp_path / "o")]
     assert main([*args, "--scan", str(tmp_path / "nope")]) == 2
     assert "holds no wn.json" in capsys.readouterr().err
-    for size in ("0", "3"):
-        assert main([*args, "--scan", str(scan_dir), "--group-size", size]) == 2
-        assert "--group-size must be between 1 and the number of layers (2)" in capsys.readouterr().err
+    assert main([*args, "--scan", str(scan_dir), "--group-size", "0"]) == 2  # refused by the config, before loading
+    assert "--group-size must be at least 1, got 0" in capsys.readouterr().err
+    assert main([*args, "--scan", str(scan_dir), "--group-size", "3"]) == 2  # needs the model's layer count
+    assert "--group-size must be between 1 and the number of layers (2)" in capsys.readouterr().err
     assert main([*args, "--scan", str(scan_dir), "--blimp-limit", "-2"]) == 2
     assert "--blimp-limit must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

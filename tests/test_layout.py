@@ -87,7 +87,7 @@ def test_a_typo_in_a_preset_key_is_one_line_before_anything_runs():
 
     with pytest.raises(NegdiffError, match=r"step 'ablate' has no setting 'blimp_limt'; its settings are tasks, "):
         preset_sizes("quick", {"ablate": {"blimp_limt": 3}})
-    with pytest.raises(NegdiffError, match="--seeds must be >= 1"):
+    with pytest.raises(NegdiffError, match="--seeds must be at least 1"):
         preset_sizes("quick", {"ablate": {"seeds": 0}})
 
 

@@ -62,16 +62,19 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """``(line number, object)`` per non-blank line; malformed lines are errors naming file and line."""
     with open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise NegdiffError(f"{path}:{lineno}: malformed JSON line ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise NegdiffError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise NegdiffError(f"{path}:{lineno}: malformed JSON line ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise NegdiffError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                yield lineno, row
+        except UnicodeDecodeError:
+            raise NegdiffError(f"{path} is not UTF-8 text (or is gzip data not named .gz); convert or rename it") from None
 
 
 # ---------------------------------------------------------------------------------------------- CoNLL-U
@@ -191,8 +194,28 @@ def _file_docs(path: Path) -> list[str]:
                 raise NegdiffError(f"{path}: record {i} has no string field 'text'")
             docs.append(row["text"])
         return docs
-    with open_text(path) as fh:
-        return [d for d in fh.read().split("\n\n") if d.strip()]
+    return [d for d in read_text(path).split("\n\n") if d.strip()]
+
+
+def read_text(path: str | Path) -> str:
+    """A whole text file (gunzipped if .gz); gzip data under another name or non-UTF-8 bytes are one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise NegdiffError(f"file not found: {path}")
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b" and path.suffix != ".gz":
+        raise NegdiffError(f"{path} holds gzip-compressed data but is not named .gz; rename it to {path.name}.gz "
+                           "or decompress it")
+    try:
+        with open_text(path) as fh:
+            return fh.read()
+    except UnicodeDecodeError as exc:
+        raise NegdiffError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                           "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
+        raise NegdiffError(f"{path} cannot be read as {'gzip ' if path.suffix == '.gz' else ''}text ({exc}); "
+                           "check the file") from None
 
 
 CORPORA = {
@@ -215,6 +238,20 @@ def corpus_documents(name_or_path: str, root: str | Path | None = None) -> tuple
     raise NegdiffError(
         f"unknown corpus '{name_or_path}': not a file, and not one of {', '.join(CORPORA)}"
     )
+
+
+def check_corpus(name_or_path: str, root: str | Path | None = None) -> None:
+    """Fail now (one line) if a corpus is missing or unreadable as text; cheap, so commands call it before loading a model."""
+    if name_or_path in CORPORA:
+        path = corpus_file(name_or_path, root)
+        if path is None or not path.is_file():
+            raise NegdiffError(f"data file not found: {path} (see {path.parent / 'SOURCE.md' if path else 'negdiff data'})")
+        return
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise NegdiffError(f"unknown corpus '{name_or_path}': not a file, and not one of {', '.join(CORPORA)}")
+    if not path.name.removesuffix(".gz").endswith((".conllu", ".jsonl")):
+        read_text(path)
 
 
 def corpus_file(name: str, root: str | Path | None = None) -> Path | None:

@@ -114,7 +114,13 @@ def write_results(out_dir: str | Path, results: dict, extra: dict | None = None)
     record["item_files"] = {name: f"items_{name}.parquet" for name in items}
     if extra:
         record.update(extra)
-    return write_json(out_dir / "results.json", record)
+    path = write_json(out_dir / "results.json", record)
+    # items files of an earlier run with other tasks would sit beside results.json as if they were this run's:
+    # removed once the new results.json (which lists only this run's files) is in place
+    for stale in out_dir.glob("items_*.parquet"):
+        if stale.name not in record["item_files"].values():
+            stale.unlink(missing_ok=True)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -122,6 +128,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from negdiff.hooks import intervene
     from negdiff.models import load_model
     from negdiff.neuronset import NeuronSet
+    from negdiff.options import check_out, check_task_data
     from negdiff.progress import status
 
     names = expand_tasks(args.tasks)  # fail on a typo before loading the model
@@ -134,10 +141,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         neurons = NeuronSet.from_json(args.neurons)
     elif args.mode != "zero_negative":
         raise NegdiffError("--mode needs --neurons (the neuron set to intervene on)")
+    if args.n_boot < 1:
+        raise NegdiffError(f"--n-boot must be at least 1, got {args.n_boot}")
+    if args.batch_tokens is not None and args.batch_tokens < 1:
+        raise NegdiffError(f"--batch-tokens must be at least 1, got {args.batch_tokens}")
+    check_out(args.out)
+    check_task_data(names, config)  # a missing dataset fails before the model loads
     loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
     condition: dict[str, Any] = {"intervention": None}
     ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
     if neurons is not None:
+        neurons.check_model(loaded.key(), f"--neurons {args.neurons}")
+        neurons.validate(loaded.sites)
         condition = {"intervention": args.mode, "neurons_file": str(args.neurons), "n_neurons": neurons.size,
                      "neurons_per_layer": {str(k): v for k, v in neurons.counts().items()}, "rule": neurons.rule}
         ctx = intervene(loaded.model, neurons, args.mode, sites=loaded.sites)
@@ -152,6 +167,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _partial_note(res: dict) -> str:
+    """' (N of 67 BLiMP paradigms)' when a BLiMP result did not cover every paradigm, else ''."""
+    from negdiff.tasks import BLIMP_PARADIGMS
+
+    n = (res.get("config") or {}).get("n_paradigms")
+    return f" ({n} of {BLIMP_PARADIGMS} BLiMP paradigms)" if n is not None and n < BLIMP_PARADIGMS else ""
+
+
 def summary_lines(results: dict) -> list[str]:
     """One line per task headline metric (and the aggregates), for the terminal."""
     lines = []
@@ -160,7 +183,7 @@ def summary_lines(results: dict) -> list[str]:
             if key in res["metrics"]:
                 m = res["metrics"][key]
                 ci = f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if m.get("ci_low") is not None else "(n too small for a CI)"
-                lines.append(f"{name:<16} {key:<14} {m['value']:.4f}  {ci}  n={m['n']}")
+                lines.append(f"{name:<16} {key:<14} {m['value']:.4f}  {ci}  n={m['n']}{_partial_note(res)}")
     for name, m in results.get("aggregates", {}).items():
         lines.append(f"{name:<31} {m['value']:.4f}  [{m['ci_low']:.4f}, {m['ci_high']:.4f}]")
     return lines
@@ -179,7 +202,9 @@ def register(subparsers) -> None:
     p.add_argument("--tasks", required=True, help=f"comma-separated task names or aliases: {known}")
     p.add_argument("--out", required=True, help="output folder for results.json and items_<task>.parquet")
     p.add_argument("--neurons", default=None, help="neuron set JSON (from a scan) to intervene on")
-    p.add_argument("--mode", default="zero_negative", choices=list(MODES), help="intervention mode (default zero_negative)")
+    # "mean" needs per-neuron values, which a neuron file does not carry: API only (negdiff.hooks.intervene)
+    p.add_argument("--mode", default="zero_negative", choices=[m for m in MODES if m != "mean"],
+                   help="intervention mode (default zero_negative)")
     p.add_argument("--limit", type=int, default=None,
                    help="items per BLiMP paradigm / TSE task (seeded) / benchmark (first k)")
     p.add_argument("--blimp-sample", default="first", choices=("first", "seeded"), help="which k BLiMP pairs")

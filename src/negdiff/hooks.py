@@ -141,11 +141,15 @@ class Trace:
     sites: list[Site]
     pre: dict[int, torch.Tensor] = field(default_factory=dict)
     mlp_in: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: ``(batch, seq)`` of the batch :meth:`forward` runs: families that flatten the tokens before the MLP
+    #: (OPT: ``[batch * seq, d]``) get their tensors back as ``[batch, seq, d]``
+    shape: tuple[int, int] | None = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         """Run the model on a batch; a ``capture(stop_after_last=True)`` ends it after the last hooked layer."""
         self.pre.clear()
         self.mlp_in.clear()
+        self.shape = (int(input_ids.shape[0]), int(input_ids.shape[1])) if input_ids.dim() == 2 else None
         try:
             with torch.inference_mode():
                 return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
@@ -184,6 +188,8 @@ def capture(
 
     def record(kind: str, layer: int, t: torch.Tensor) -> None:
         t = t.detach()
+        if t.dim() == 2 and trace.shape is not None and t.shape[0] == trace.shape[0] * trace.shape[1]:
+            t = t.view(*trace.shape, t.shape[-1])  # OPT flattens batch and sequence before fc1
         if fn is not None:
             fn(kind, layer, t)
         if keep:

@@ -72,6 +72,11 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def key(self) -> dict[str, Any]:
+        """What identifies the model a scan or neuron file was made on (stored in wn.json as ``model``)."""
+        return {"spec": self.info.spec, "revision": self.info.revision, "weights_hash": self.info.weights_hash,
+                "n_layers": len(self.sites), "widths": [s.width for s in self.sites]}
+
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """Map a dtype name to torch; unknown names are a clear error."""
@@ -227,6 +232,10 @@ def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
     return isinstance(hit, str)
 
 
+#: Files any one of which lets AutoTokenizer build a real tokenizer from a local folder.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt", "sentencepiece.bpe.model")
+
+
 def _from_folder(path: str, revision: str | None, torch_dtype: torch.dtype, device_map: str | None, hub: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -241,6 +250,9 @@ def _from_folder(path: str, revision: str | None, torch_dtype: torch.dtype, devi
         kwargs["revision"] = revision
     if device_map:
         kwargs["device_map"] = device_map
+    if not hub and Path(path).is_dir() and not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise NegdiffError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); save the model's "
+                           "tokenizer into that folder (tokenizer.save_pretrained(folder))")
     try:
         if revision:
             tok_kwargs["revision"] = revision

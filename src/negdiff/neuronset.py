@@ -31,6 +31,8 @@ class NeuronSet:
 
     neurons: dict[int, torch.Tensor] = field(default_factory=dict)
     rule: dict[str, Any] = field(default_factory=dict)
+    #: the model it was selected on (LoadedModel.key(): spec, revision, weights_hash, n_layers, widths); None: unknown
+    model: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         clean = {}
@@ -129,14 +131,30 @@ class NeuronSet:
                     f"neuron {neuron_name(layer, int(bad[0]))} is out of range: layer {layer} has {width} neurons (0..{width - 1})"
                 )
 
+    def check_model(self, key: dict[str, Any], source: str) -> None:
+        """Refuse a set made on another model (other weights, layers or widths), naming both; sets without a
+        recorded model (older files) are only checked by :meth:`validate`."""
+        made = self.model
+        if not made:
+            return
+        same_shape = made.get("n_layers") == key.get("n_layers") and list(made.get("widths") or []) == list(key.get("widths") or [])
+        hashes = made.get("weights_hash"), key.get("weights_hash")
+        same_weights = None in hashes or hashes[0] == hashes[1]
+        if not (same_shape and same_weights):
+            raise NegdiffError(f"{source} was made on {describe_model(made)}, not on {describe_model(key)}; rerun "
+                               "`negdiff scan` on this model, or use the model the file was made on")
+
     # ---------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "format": FORMAT,
             "size": self.size,
             "rule": self.rule,
             "neurons": {str(k): v.tolist() for k, v in self.neurons.items()},
         }
+        if self.model is not None:
+            out["model"] = self.model
+        return out
 
     def to_json(self, path: str | Path | None = None) -> str:
         """JSON text; also written atomically to ``path`` when given."""
@@ -155,7 +173,8 @@ class NeuronSet:
             neurons = {int(k): torch.tensor([int(i) for i in v], dtype=torch.long) for k, v in data["neurons"].items()}
         except (TypeError, ValueError):
             raise NegdiffError(f"{source}: neuron indices must be integers grouped by integer layer") from None
-        return cls(neurons, data.get("rule", {}))
+        model = data.get("model")
+        return cls(neurons, data.get("rule", {}), model if isinstance(model, dict) else None)
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> NeuronSet:
@@ -172,3 +191,12 @@ class NeuronSet:
         except json.JSONDecodeError as exc:
             raise NegdiffError(f"{source}: malformed JSON ({exc.msg}, line {exc.lineno})") from None
         return cls.from_dict(data, source)
+
+
+def describe_model(key: dict[str, Any]) -> str:
+    """A model key in words: spec@revision (weights abc123...), L layers x widths."""
+    widths = sorted(set(key.get("widths") or []))
+    w = "x".join(map(str, widths)) if len(widths) == 1 else "/".join(map(str, widths)) or "?"
+    rev = f"@{key['revision']}" if key.get("revision") else ""
+    h = f", weights {str(key['weights_hash'])[:12]}" if key.get("weights_hash") else ""
+    return f"'{key.get('spec')}{rev}' ({key.get('n_layers')} layers x {w} neurons{h})"

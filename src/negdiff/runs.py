@@ -21,6 +21,41 @@ from typing import Any
 from negdiff.errors import NegdiffError
 
 
+def check_counts(cfg: Any, names, least: int = 1) -> None:
+    """Refuse a count below ``least`` (or not an integer), naming the flag: ``names`` are (flag, field) pairs."""
+    for flag, name in names:
+        val = getattr(cfg, name)
+        if val is None:
+            continue
+        if isinstance(val, bool) or not isinstance(val, int):
+            raise NegdiffError(f"{flag} must be a whole number, got {val!r}")
+        if val < least:
+            raise NegdiffError(f"{flag} must be at least {least}, got {val}")
+
+
+def check_fraction(flag: str, val: Any) -> None:
+    """Refuse a fraction outside (0, 1), naming the flag."""
+    if isinstance(val, bool) or not isinstance(val, int | float):
+        raise NegdiffError(f"{flag} must be a number in (0, 1), got {val!r}")
+    if not 0 < val < 1:
+        raise NegdiffError(f"{flag} must be in (0, 1) (e.g. 0.01 for 1%), got {val}")
+
+
+def _type_error(value: Any, default: Any) -> str | None:
+    """Why ``value`` cannot stand for a field whose default is ``default`` (None: it can, or we cannot tell)."""
+    if default is None or isinstance(default, tuple | list):
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if isinstance(default, float):
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    return None
+
+
 @dataclass(frozen=True)
 class Step:
     """One step: what it is called, what it reads and writes, how it runs inside a run folder."""
@@ -53,6 +88,11 @@ class Step:
     def make_config(self, values: dict[str, Any], seed: int, where: str = "--sizes") -> Any:
         """The step's config from a preset's values (lists become tuples); runs the config's own checks."""
         self.check_sizes(values, where)
+        defaults = {f.name: f.default for f in dataclasses.fields(self.config)}
+        for k, v in values.items():
+            want = _type_error(v, defaults.get(k))
+            if want is not None and v is not None:
+                raise NegdiffError(f"{where}: step '{self.name}': {k} must be {want}, got {v!r}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         try:
             return self.config(**{**values, "seed": seed})

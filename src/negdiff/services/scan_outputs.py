@@ -27,7 +27,9 @@ def wn_path(scan_dir: str | Path) -> Path:
 
 def load_wn(loaded: LoadedModel, scan_dir: str | Path) -> NeuronSet:
     """A scan's WN set, checked against ``loaded``'s layers and widths."""
-    wn = NeuronSet.from_json(wn_path(scan_dir))
+    path = wn_path(scan_dir)
+    wn = NeuronSet.from_json(path)
+    wn.check_model(loaded.key(), f"--scan: {path}")
     wn.validate(loaded.sites)
     return wn
 
@@ -38,14 +40,31 @@ def scan_record(scan_dir: str | Path) -> dict[str, Any]:
     return read_json(path) if path.is_file() else {}
 
 
+def check_scan_dir(scan_dir: str | Path) -> Path:
+    """A folder holding a finished scan (neurons.parquet and wn.json), or a one-line error (no model needed)."""
+    scan_dir = Path(scan_dir)
+    if not (scan_dir / "neurons.parquet").is_file():
+        raise NegdiffError(f"{scan_dir} holds no finished scan (neurons.parquet); run `negdiff scan MODEL --out {scan_dir}`")
+    wn_path(scan_dir)
+    return scan_dir
+
+
 def load_scan(scan_dir: str | Path, loaded: LoadedModel) -> tuple[pd.DataFrame, dict]:
     """The scan's neuron table, checked against the model it is applied to."""
     scan_dir = Path(scan_dir)
     if not (scan_dir / "neurons.parquet").is_file():
         raise NegdiffError(f"{scan_dir} holds no finished scan (neurons.parquet); run `negdiff scan MODEL --out {scan_dir}`")
+    record = scan_record(scan_dir)
+    if (scan_dir / "wn.json").is_file():
+        NeuronSet.from_json(scan_dir / "wn.json").check_model(loaded.key(), f"--scan: {scan_dir}")
+    made = record.get("model") or {}
+    hashes = made.get("weights_hash"), loaded.info.weights_hash
+    if None not in hashes and hashes[0] != hashes[1]:
+        raise NegdiffError(f"--scan: {scan_dir} was made on '{made.get('spec')}' (weights {str(hashes[0])[:12]}), not on "
+                           f"'{loaded.info.spec}' (weights {str(hashes[1])[:12]}); rerun `negdiff scan` on this model")
     table = pd.read_parquet(scan_dir / "neurons.parquet")
     widths = table.groupby("layer").size().to_dict()
     model_widths = {s.layer: s.width for s in loaded.sites}
     if widths != model_widths:
         raise NegdiffError(f"the scan in {scan_dir} was made on a model with other layers/widths than {loaded.info.spec}")
-    return table, read_json(scan_dir / "scan.json")
+    return table, record

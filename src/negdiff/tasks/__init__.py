@@ -21,6 +21,7 @@ import torch
 from negdiff.bootstrap import window_summary
 from negdiff.data import corpus_documents, data_dir, token_windows
 from negdiff.errors import NegdiffError
+from negdiff.progress import status
 from negdiff.scoring import model_max_length, scoring_record, token_logprobs, window_nlls
 from negdiff.tasks.base import (
     EvalConfig,
@@ -47,6 +48,8 @@ def _text_scores(model, tokenizer, texts: list[str], reduction: str, cfg: EvalCo
 
 
 # ---------------------------------------------------------------------------------------------- BLiMP
+#: Paradigms in the full BLiMP; a staged folder with fewer is scored, and says so (n_paradigms).
+BLIMP_PARADIGMS = 67
 BLIMP_FIELDS = ("sentence_good", "sentence_bad", "field", "linguistics_term", "UID", "pairID")
 
 
@@ -56,6 +59,9 @@ def load_blimp(cfg: EvalConfig) -> list[dict]:
     files = sorted(p for p in folder.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz")))
     if not files:
         raise NegdiffError(f"no BLiMP paradigm files (*.jsonl.gz) in {folder}")
+    if len(files) < BLIMP_PARADIGMS:
+        status(f"warning: {folder} holds {len(files)} of BLiMP's {BLIMP_PARADIGMS} paradigms; 'blimp' scores only "
+               "those (n_paradigms in every result)")
     return [row for path in files for row in read_records(path, BLIMP_FIELDS)]
 
 

@@ -29,7 +29,7 @@ from negdiff.models import LoadedModel
 from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
 from negdiff.results import config_key, read_json, write_json
-from negdiff.runs import Step
+from negdiff.runs import Step, check_counts, check_fraction
 from negdiff.scoring import ScoringConfig, window_nlls
 from negdiff.select import CLI_CRITERIA, check_criterion, random_like, select_lowest, select_wasserstein
 from negdiff.services import conditions
@@ -74,8 +74,19 @@ class AblateConfig:
     def __post_init__(self) -> None:
         """Refuse sizes whose statistics would mean nothing, and removed criteria, before any model work."""
         check_criterion(self.criterion)
-        if self.seeds < 1:
-            raise NegdiffError(f"--seeds must be >= 1 random set, got {self.seeds}")
+        check_counts(self, (("--seeds", "seeds"), ("--blimp-limit", "blimp_limit"), ("--tse-limit", "tse_limit"),
+                            ("--control-blimp-limit", "control_blimp_limit"), ("--control-tse-limit", "control_tse_limit"),
+                            ("--nongram-limit", "nongram_limit"), ("--ppl-tokens", "ppl_tokens"),
+                            ("--ppl-window", "ppl_window"), ("calib_tokens", "calib_tokens"),
+                            ("dose_blimp_limit", "dose_blimp_limit"), ("dose_ppl_tokens", "dose_ppl_tokens"),
+                            ("--n-boot", "n_boot"), ("--batch-tokens", "batch_tokens")))
+        check_fraction("--fraction", self.fraction)
+        for p in self.dose_fractions:
+            check_fraction("dose_fractions", p)
+        if self.scope not in ("per_layer", "global"):
+            raise NegdiffError(f"--scope must be per_layer or global, got '{self.scope}'")
+        if not self.match_tol > 0:
+            raise NegdiffError(f"match_tol must be > 0, got {self.match_tol}")
         if self.ppl_window < 16:
             raise NegdiffError(f"--ppl-window must be >= 16 tokens, got {self.ppl_window}")
         if self.ppl_tokens is not None and self.ppl_tokens // self.ppl_window < MIN_UNITS:
@@ -217,12 +228,23 @@ def dose_response(loaded, table, cfg: AblateConfig, out: Path, key: str, force: 
     return rows
 
 
+def check_sign_meaningful(loaded: LoadedModel) -> None:
+    """Refuse a model whose activation already outputs 0 for every h < 0 (ReLU): zero_negative is then a no-op,
+    so every wn_neg-versus-control verdict would be 'no effect' by construction, not by measurement."""
+    kinds = sorted({s.kind for s in loaded.sites})
+    if "relu" in kinds:
+        raise NegdiffError(f"'{loaded.info.spec}' uses a ReLU activation, where zero_negative changes nothing (ReLU "
+                           "already outputs 0 for h < 0), so the ablation's verdicts would be empty; run ablate on a "
+                           "gelu/silu model (scan and eval --mode zero/zero_positive still work on ReLU)")
+
+
 def run_ablate(loaded: LoadedModel, scan_dir: str | Path, cfg: AblateConfig, out: str | Path,
                force: bool = False) -> dict[str, Any]:
     """Run every condition, the perplexity-matched search and the dose response; write ablation.json."""
     from negdiff.experiments.ablate.stats import analyze, write_outputs
 
     out = Path(out)
+    check_sign_meaningful(loaded)
     table, scan = load_scan(scan_dir, loaded)
     tasks = expand_tasks(list(cfg.tasks))
     if "perplexity" not in tasks:
@@ -282,8 +304,18 @@ def _cmd_ablate(args) -> int:
             cfg = dataclasses.replace(cfg, **{name: None if value == 0 else value})
     if args.no_dose:
         cfg = dataclasses.replace(cfg, dose_fractions=())
+    def preflight() -> None:
+        from negdiff.data import check_corpus
+        from negdiff.options import check_task_data
+        from negdiff.services.scan_outputs import check_scan_dir
+
+        check_scan_dir(args.scan)
+        tasks = expand_tasks(list(cfg.tasks))
+        check_task_data(tasks if "perplexity" in tasks else ["perplexity", *tasks])
+        check_corpus(cfg.calib_corpus)
+
     return run_on_model(args, lambda loaded: run_ablate(loaded, args.scan, cfg, args.out, force=args.force),
-                        "ablation.json table.md items/ figures/", lines=table_lines)
+                        "ablation.json table.md items/ figures/", lines=table_lines, preflight=preflight)
 
 
 def register(sub) -> None:

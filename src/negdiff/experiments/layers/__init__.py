@@ -78,10 +78,13 @@ class LayersConfig:
     layer_cache_disk_mb: int = 4096  # beyond memory, spilled under <out>/layer_cache_tmp_*; beyond that, recomputed
 
     def __post_init__(self) -> None:
-        if self.mode not in PRE_MODES and self.mode not in POST_MODES:
-            raise NegdiffError(f"--mode: unknown edit '{self.mode}'; choose one of {', '.join([*PRE_MODES, *POST_MODES])}")
+        usable = [m for m in [*PRE_MODES, *POST_MODES] if m != "mean"]  # mean needs per-neuron values a set lacks
+        if self.mode not in usable:
+            raise NegdiffError(f"--mode: unknown edit '{self.mode}'; choose one of {', '.join(usable)}")
         for name, val in (("--blimp-limit", self.blimp_limit), ("--tse-limit", self.tse_limit),
-                          ("--ppl-tokens", self.ppl_tokens), ("--n-boot", self.n_boot)):
+                          ("--ppl-tokens", self.ppl_tokens), ("--n-boot", self.n_boot),
+                          ("--nongram-limit", self.nongram_limit), ("--batch-tokens", self.batch_tokens),
+                          ("--group-size", self.group_size)):
             if val is not None and val < 1:
                 raise NegdiffError(f"{name} must be at least 1, got {val}")
         for name, val in (("--layer-cache-mb", self.layer_cache_mb), ("--layer-cache-disk-mb", self.layer_cache_disk_mb)):
@@ -257,12 +260,17 @@ def _cmd_layers(args) -> int:
                        ppl_tokens=_limit(args.ppl_tokens, d.ppl_tokens), ppl_window=args.ppl_window,
                        n_boot=args.n_boot, seed=args.seed, batch_tokens=args.batch_tokens, bos=args.bos,
                        layer_cache_mb=args.layer_cache_mb, layer_cache_disk_mb=args.layer_cache_disk_mb)
-    wn_path(args.scan)  # before the model loads
+    def preflight() -> None:
+        from negdiff.options import check_task_data
+
+        wn_path(args.scan)
+        check_task_data(expand_tasks(list(cfg.tasks)))
+
     def run(loaded):
         layer_groups(len(loaded.sites), cfg.group_size)  # a bad --group-size fails before any evaluation
         return run_layers(loaded, args.scan, cfg, args.out, force=args.force)
 
-    return run_on_model(args, run, "layers.json deltas.parquet conditions/ sets/ figures/")
+    return run_on_model(args, run, "layers.json deltas.parquet conditions/ sets/ figures/", preflight=preflight)
 
 
 def register(sub) -> None:

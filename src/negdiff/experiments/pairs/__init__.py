@@ -64,10 +64,11 @@ class PairsConfig:
 
     def __post_init__(self) -> None:
         for name, val in (("--tokens", self.tokens), ("--md-pairs", self.md_pairs), ("--top-pairs", self.top_pairs),
-                          ("--seeds", self.seeds), ("--n-boot", self.n_boot), ("--batch-windows", self.batch_windows),
-                          ("--window", self.window)):
+                          ("--seeds", self.seeds), ("--n-boot", self.n_boot), ("--batch-windows", self.batch_windows)):
             if val is not None and val < 1:
                 raise NegdiffError(f"{name} must be at least 1, got {val}")
+        if self.window is not None and self.window < 2:
+            raise NegdiffError(f"--window must be at least 2 tokens, got {self.window}")
         if self.mwt not in align.MWT_RULES:
             raise NegdiffError(f"--mwt: unknown rule '{self.mwt}'; choose one of {', '.join(align.MWT_RULES)}")
 
@@ -362,9 +363,15 @@ def _cmd_pairs(args) -> int:
     cfg = PairsConfig(corpus=args.corpus, tokens=args.tokens, window=args.window, md_pairs=args.md_pairs,
                       top_pairs=args.top_pairs, seeds=args.seeds, panel_layers=_layers_arg(args.panel_layers),
                       mwt=args.mwt, n_boot=args.n_boot, seed=args.seed, batch_windows=args.batch_windows, data=args.data)
-    wn_path(args.scan)  # before the model loads
+    def preflight() -> None:
+        from negdiff.data import check_corpus
+
+        wn_path(args.scan)
+        check_corpus(cfg.corpus, cfg.data)
+
     return run_on_model(args, lambda loaded: run_pairs(loaded, args.scan, cfg, args.out, force=args.force),
-                        "pairs.json pairs.parquet panel_preacts.parquet panel_points.parquet figures/")
+                        "pairs.json pairs.parquet panel_preacts.parquet panel_points.parquet figures/",
+                        preflight=preflight)
 
 
 def register(sub) -> None:

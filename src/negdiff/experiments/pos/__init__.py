@@ -82,7 +82,7 @@ class PosConfig:
             raise NegdiffError(f"--mwt: unknown rule '{self.mwt}'; choose one of {', '.join(align.MWT_RULES)}")
         for name, val in (("--seeds", self.seeds), ("--max-seq-tokens", self.max_seq_tokens),
                           ("--limit-docs", self.limit_docs), ("--max-words", self.max_words),
-                          ("--n-boot", self.n_boot)):
+                          ("--n-boot", self.n_boot), ("--batch-tokens", self.batch_tokens)):
             if val is not None and val < 1:
                 raise NegdiffError(f"{name} must be at least 1, got {val}")
         self.scoring()  # validates the BOS policy
@@ -153,6 +153,7 @@ def build_conditions(loaded: LoadedModel, scan_dir: str | Path, cfg: PosConfig) 
                              f"--scan {scan_dir} --out ADIR` first, then pass --sets ADIR"}
             continue
         neurons = NeuronSet.from_json(path)
+        neurons.check_model(loaded.key(), f"--sets: {path}")
         neurons.validate(loaded.sites)
         conds.append(PooledCondition(name, mode_for(name), [(name, neurons)], str(path)))
     return conds, missing
@@ -292,8 +293,15 @@ def _cmd_pos(args) -> int:
                     max_seq_tokens=args.max_seq_tokens, bos=args.bos, mwt=args.mwt, batch_tokens=args.batch_tokens,
                     n_boot=args.n_boot, seed=args.seed, sets=args.sets, sample=args.sample,
                     extra=tuple(x for x in (args.extra or "").split(",") if x), data=args.data)
+    def preflight() -> None:
+        from negdiff.data import check_corpus
+        from negdiff.services.scan_outputs import wn_path
+
+        wn_path(args.scan)
+        check_corpus(cfg.corpus, cfg.data)
+
     return run_on_model(args, lambda loaded: run_pos(loaded, args.scan, cfg, args.out, force=args.force),
-                        "pos.json words.parquet figures/pos_excess.png figures/pos_share.png")
+                        "pos.json words.parquet figures/pos_excess.png figures/pos_share.png", preflight=preflight)
 
 
 def register(sub) -> None:

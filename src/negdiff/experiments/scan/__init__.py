@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from negdiff import distributed
-from negdiff.data import corpus_documents, token_windows
+from negdiff.data import check_corpus, corpus_documents, token_windows
 from negdiff.errors import NegdiffError
 from negdiff.experiments.scan.figures import scan_figures
 from negdiff.experiments.scan.stats import grid_health, grid_warning, negative_region, negative_region_lines
@@ -36,7 +36,7 @@ from negdiff.results import (
     versions,
     write_parquet,
 )
-from negdiff.runs import Step, write_record
+from negdiff.runs import Step, check_counts, check_fraction, write_record
 from negdiff.scoring import window_nlls
 from negdiff.select import CLI_CRITERIA, check_criterion, random_like, select_wasserstein
 from negdiff.services.md_pairs import pairs_table
@@ -68,6 +68,22 @@ class ScanConfig:
     check_corpus: str = "wikitext2-valid"
     check_windows: int = 2
     checkpoint_every: int = 16  # windows (a checkpoint of a 30 x 1536 model is ~600 MB)
+
+    def __post_init__(self) -> None:
+        """Refuse counts and fractions that cannot work, naming the flag, before any model loads."""
+        check_counts(self, (("--tokens", "tokens"), ("--batch-windows", "batch_windows"), ("--md-pairs", "md_pairs"),
+                            ("--top-pairs", "top_pairs"), ("checkpoint_every", "checkpoint_every")))
+        check_counts(self, (("--md-nearest-tokens", "md_nearest_tokens"), ("--check-windows", "check_windows")),
+                     least=0)
+        if self.window is not None:
+            check_counts(self, (("--window", "window"),), least=2)
+            if self.tokens < self.window:
+                raise NegdiffError(f"--tokens {self.tokens} is smaller than one window of {self.window} tokens "
+                                   "(--window); raise --tokens or shorten --window")
+        check_fraction("--fraction", self.fraction)
+        check_criterion(self.criterion)
+        if self.scope not in ("per_layer", "global"):
+            raise NegdiffError(f"--scope must be per_layer or global, got '{self.scope}'")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -260,6 +276,8 @@ def _finish(loaded: LoadedModel, cfg: ScanConfig, out: Path, record: dict, strea
     record["versions"] = versions()
     record["summary_lines"] = summarize(table, record)
     write_parquet(out / "neurons.parquet", table)
+    for neurons in (wn, rand, wn_global):  # downstream steps refuse these on another model
+        neurons.model = loaded.key()
     wn.to_json(out / "wn.json")
     rand.to_json(out / "random.json")
     wn_global.to_json(out / "wn_global.json")
@@ -277,8 +295,13 @@ def _cmd_scan(args) -> int:
                      fraction=args.fraction, scope=args.scope,
                      criterion=args.criterion, seed=args.seed, check_windows=args.check_windows,
                      check_corpus=args.check_corpus)
+    def preflight() -> None:
+        check_corpus(cfg.corpus)
+        if cfg.check_windows > 0:
+            check_corpus(cfg.check_corpus)
+
     return run_on_model(args, lambda loaded: run_scan(loaded, cfg, args.out, force=args.force),
-                        "neurons.parquet wn.json pairs.parquet scan.json figures/")
+                        "neurons.parquet wn.json pairs.parquet scan.json figures/", preflight=preflight)
 
 
 def register(sub) -> None:
