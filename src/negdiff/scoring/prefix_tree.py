@@ -267,7 +267,7 @@ class _Store:
 
 
 def run_plan(model: nn.Module, plan: Plan, budget: int, config: ScoringConfig, greedy: bool,
-             dev: torch.device, progress=None) -> tuple[np.ndarray, np.ndarray | None]:
+             dev: torch.device, progress=None, batches: list[list[int]] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Log-prob (float64) of every edge of ``plan`` and, with ``greedy``, whether it was the argmax."""
     from transformers import DynamicCache
 
@@ -283,7 +283,7 @@ def run_plan(model: nn.Module, plan: Plan, budget: int, config: ScoringConfig, g
         n_slots += len(m)
     store = _Store(max(n_slots, 1))
     past_slots = _past_slots(plan, slot)
-    for batch in schedule(plan, budget):
+    for batch in schedule(plan, budget) if batches is None else batches:  # the caller's, when it counted them
         _run_batch(model, plan, batch, past_slots, store, slot, edges_at, edge_lp, edge_top, config, dev,
                    DynamicCache)
         if progress is not None:
@@ -459,10 +459,11 @@ def score_tree(
     done: dict[int, TokenScores] = {}
     budget = batch_budget(config, dev)
     plans = [build_plan([seqs[j] for j in rng]) for rng in mine]
-    progress = bar(total=sum(plan_counts(p, budget)["forwards"] for p in plans), desc=desc or "scoring", unit="batch")
+    schedules = [schedule(p, budget) for p in plans]  # cut once: the bar's total and the run use the same
+    progress = bar(total=sum(len(s) for s in schedules), desc=desc or "scoring", unit="batch")
     with torch.inference_mode(), progress:
-        for plan in plans:
-            lp, top = run_plan(model, plan, budget, config, greedy, dev, progress)
+        for plan, batches in zip(plans, schedules, strict=True):
+            lp, top = run_plan(model, plan, budget, config, greedy, dev, progress, batches)
             for seq, edges in zip(plan.seqs, plan.seq_edges, strict=True):
                 for i in by_seq[seq]:
                     k = len(requests[i].target)
