@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import negdiff.experiments.ablate as ablate
+import negdiff.experiments.ablate.run as ablate
 from negdiff import load_model
 from negdiff.errors import NegdiffError
 from negdiff.experiments.ablate import AblateConfig, Condition, match_perplexity, run_ablate, run_condition

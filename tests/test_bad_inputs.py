@@ -67,6 +67,9 @@ def env(tiny_model_dir, real_tokenizer, tmp_path_factory):
     gz_txt.write_bytes(gzip.compress(corpus.read_bytes()))
     a_file = root / "a_file"
     a_file.write_text("not a folder\n")
+    readonly = root / "readonly"
+    readonly.mkdir(exist_ok=True)
+    readonly.chmod(0o555)  # root writes anyway: the test then denies the write check for this folder only
     partial = root / "partial_data"  # BLiMP and WikiText only: no TSE, no UD EWT, no benchmarks
     partial.mkdir()
     if DATA.is_dir():
@@ -83,7 +86,7 @@ def env(tiny_model_dir, real_tokenizer, tmp_path_factory):
         "other": str(_llama(root / "other", real_tokenizer, seed=1)),
         "notok": str(_llama(root / "notok", real_tokenizer, save_tokenizer=False)),
         "opt": str(_opt(root / "opt", real_tokenizer)),
-        "corpus": str(corpus), "latin1": str(latin1), "gz_txt": str(gz_txt), "file": str(a_file),
+        "corpus": str(corpus), "latin1": str(latin1), "gz_txt": str(gz_txt), "file": str(a_file), "readonly": str(readonly),
         "partial": str(partial), "blimp1": str(blimp1), "root": str(root),
         "scan": str(root / "scan"), "opt_scan": str(root / "opt_scan"),
     }
@@ -114,12 +117,16 @@ ROWS = [
     ("pos-seeds-0", ["pos", M, *SCAN, "--seeds", "0"], "--seeds must be at least 1"),
     ("layers-n-boot-0", ["layers", M, *SCAN, "--n-boot", "0"], "--n-boot must be at least 1"),
     ("layers-group-size-0", ["layers", M, *SCAN, "--group-size", "0"], "--group-size must be at least 1"),
-    ("eval-limit-0", ["eval", M, "--tasks", "blimp", "--limit", "0"], "--limit must be a positive number"),
+    ("eval-limit-negative", ["eval", M, "--tasks", "blimp", "--blimp-limit", "-1"], "--blimp-limit must be at least 1"),
     ("eval-n-boot-0", ["eval", M, "--tasks", "blimp", "--n-boot", "0"], "--n-boot must be at least 1"),
     # 2. the output path
     ("scan-out-file", ["scan", M, *C], "is an existing file, not a folder", "{file}"),
     ("eval-out-file", ["eval", M, "--tasks", "blimp"], "is an existing file, not a folder", "{file}"),
     ("ablate-out-under-file", ["ablate", M, *SCAN], "is a file, not a folder", "{file}/sub"),
+    ("reproduce-out-file", ["reproduce", M], "is an existing file, not a folder", "{file}"),
+    ("scan-out-readonly", ["scan", M, *C], "is not writable", "{readonly}/sub"),
+    ("reproduce-out-readonly", ["reproduce", M], "is not writable", "{readonly}/run"),
+    ("eval-data-not-a-folder", ["eval", M, "--tasks", "blimp", "--data", "{root}/no_such_folder"], "is not a folder"),
     # 3. data presence, before the model loads (a partial data folder: BLiMP and WikiText only)
     ("eval-missing-tse", ["eval", M, "--tasks", "blimp,tse", "--data", "{partial}"], "dataset folder 'tse' not found"),
     ("ablate-missing-tse", ["ablate", M, *SCAN, "--tasks", "blimp,tse"], "dataset folder 'tse' not found"),
@@ -144,14 +151,14 @@ ROWS = [
     # 11. --mode mean cannot work from the command line
     ("eval-mode-mean", ["eval", M, "--tasks", "blimp", "--neurons", "{scan}/wn.json", "--mode", "mean"],
      "invalid choice: 'mean'"),
-    ("layers-mode-mean", ["layers", M, *SCAN, "--mode", "mean"], "--mode: unknown edit 'mean'"),
+    ("layers-mode-mean", ["layers", M, *SCAN, "--mode", "mean"], "argument --mode: invalid choice: 'mean'"),
     # 12. reproduce --sizes with a wrong value type
     ("reproduce-sizes-type", ["reproduce", M, "--sizes", "{sizes}"], "tokens must be a whole number, got 'many'"),
 ]
 #: rows whose data folder is the partial one (NEGDIFF_DATA too, so the lookup cannot fall back to the full one)
 PARTIAL = {"eval-missing-tse", "ablate-missing-tse", "layers-missing-tse", "pos-missing-ewt", "pairs-missing-ewt"}
 #: argparse's own refusals: its usage line comes first, then the one error line
-ARGPARSE = {"eval-mode-mean"}
+ARGPARSE = {"eval-mode-mean", "layers-mode-mean"}
 #: rows whose check needs the loaded model (its weights hash, widths or activation); every other row must fail
 #: before the model loads (no "Loading weights" progress bar on stderr)
 AFTER_LOAD = {"ablate-wide", "ablate-other-weights", "pairs-wide", "layers-wide", "pos-other-weights",
@@ -198,6 +205,10 @@ def test_bad_input(row, env, opt_scan, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(negdata, "FETCH_DIR", tmp_path / "no-fetch-dir")
     if name in PARTIAL:
         monkeypatch.setenv("NEGDIFF_DATA", env["partial"])
+    if "readonly" in name and os.access(env["readonly"], os.W_OK):  # running as root: deny this folder only
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == Path(env["readonly"])
+                            and mode & os.W_OK else real_access(p, mode, **k))
     capsys.readouterr()
     try:
         code = cli.main(argv)
@@ -230,7 +241,7 @@ def test_eval_says_partial_blimp_and_drops_stale_items(env, tmp_path, capsys):
     """Case 9: one staged BLiMP paradigm is scored but said so; case 10: a rerun with other tasks leaves no
     items file of the earlier run beside its results.json."""
     out = tmp_path / "eval"
-    base = [env["model"], "--out", str(out), "--limit", "1", "--n-boot", "100", "--threads", "1"]
+    base = [env["model"], "--out", str(out), "--blimp-limit", "1", "--n-boot", "100", "--threads", "1"]
     assert cli.main(["eval", *base, "--tasks", "blimp", "--data", env["blimp1"]]) == 0
     captured = capsys.readouterr()
     assert "(1 of 67 BLiMP paradigms)" in captured.out and "holds 1 of BLiMP's 67 paradigms" in captured.err

@@ -130,13 +130,17 @@ def test_results_record_the_token():
     assert mc.config["scoring"]["bos_id"] == 0 and mc.config["scoring"]["context_bos"].startswith("none")
 
 
-def test_eval_command_accepts_every_policy():
+def test_eval_command_accepts_every_policy_and_refuses_others():
     import argparse
 
-    from negdiff import evaluate
+    from negdiff.cli import eval as eval_cli
+    from negdiff.options import config_from_args
 
     parser = argparse.ArgumentParser()
-    evaluate.register(parser.add_subparsers())
+    eval_cli.register(parser.add_subparsers())
     for policy in BOS_POLICIES:
         args = parser.parse_args(["eval", "default", "--tasks", "blimp", "--out", "x", "--bos", policy])
-        assert args.bos == policy
+        assert config_from_args(eval_cli.EvalOptions, args).bos == policy
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["eval", "default", "--tasks", "blimp", "--out", "x", "--bos", "bos_always"])
+    assert exc.value.code == 2

@@ -14,9 +14,15 @@ def run(*args, env_extra=None):
     return subprocess.run([sys.executable, "-m", "negdiff", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_help_lists_commands():
+def test_help_lists_every_command_in_pipeline_order():
+    """The commands ``negdiff --help`` lists are the declared steps, in pipeline order, between the others."""
+    from negdiff.steps import all_steps
+
     out = run("--help")
-    assert out.returncode == 0 and "info" in out.stdout
+    assert out.returncode == 0, out.stderr
+    listed = [line.split()[0] for line in out.stdout.split("positional arguments:")[1].splitlines()[2:]
+              if line.startswith("    ") and not line.startswith("      ")]
+    assert listed == ["info", "reproduce", "report", *(s.name for s in all_steps()), "eval", "data"]
 
 
 def test_info_on_local_model(tiny_model_dir):

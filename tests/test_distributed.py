@@ -91,7 +91,7 @@ def test_two_process_gloo_scan_equals_one_process(tiny_model_dir, corpus, tmp_pa
 def test_two_process_eval_equals_one_process(tiny_model_dir, tmp_path):
     """Scoring shards length buckets over ranks and shares the scores: same items, same numbers."""
     env = {**os.environ, "NEGDIFF_PROGRESS": "0", "OMP_NUM_THREADS": "1", "NEGDIFF_DATA": str(SHARED)}
-    args = ["-m", "negdiff", "eval", str(tiny_model_dir), "--tasks", "blimp,tse", "--limit", "2"]
+    args = ["-m", "negdiff", "eval", str(tiny_model_dir), "--tasks", "blimp,tse", "--blimp-limit", "2", "--tse-limit", "2"]
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True,
                          env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]

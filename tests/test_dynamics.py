@@ -16,7 +16,7 @@ from scipy.spatial import distance
 
 from negdiff import NegdiffError
 from negdiff.cli import main
-from negdiff.experiments import dynamics
+from negdiff.experiments.dynamics import run as dynamics
 from negdiff.experiments.dynamics.figures import positions
 from negdiff.experiments.dynamics.spec import Checkpoint, parse_spec
 from negdiff.experiments.dynamics.stats import (

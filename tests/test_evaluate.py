@@ -78,7 +78,7 @@ def test_cli_eval_with_and_without_neurons(tmp_path, capsys):
     tiny_llama(max_len=512).save_pretrained(folder)
     real_tokenizer().save_pretrained(folder)
     NeuronSet({0: torch.arange(32)}, {"rule": "test"}).to_json(tmp_path / "wn.json")
-    common = ["eval", str(folder), "--tasks", "blimp", "--limit", "1", "--data", str(DATA), "--n-boot", "100",
+    common = ["eval", str(folder), "--tasks", "blimp", "--blimp-limit", "1", "--data", str(DATA), "--n-boot", "100",
               "--threads", "1"]
     assert main([*common, "--out", str(tmp_path / "base")]) == 0
     assert main([*common, "--out", str(tmp_path / "abl"), "--neurons", str(tmp_path / "wn.json"),

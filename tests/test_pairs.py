@@ -14,7 +14,7 @@ import torch
 from negdiff import capture, load_model
 from negdiff.cli import main
 from negdiff.data import read_conllu
-from negdiff.experiments import pairs
+from negdiff.experiments.pairs import run as pairs
 from negdiff.experiments.pairs import stats as pairs_stats
 from negdiff.experiments.scan import pairs_table
 from negdiff.mapdiff import MDAccumulator

@@ -12,7 +12,7 @@ import torch
 
 from negdiff import NegdiffError, intervene, load_model
 from negdiff.bootstrap import stratum_mean_draws
-from negdiff.experiments import pos
+from negdiff.experiments.pos import run as pos
 from negdiff.neuronset import NeuronSet
 from negdiff.scoring import encode_text, score_unbatched
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import negdiff.experiments.ablate as ablate
+import negdiff.experiments.ablate.run as ablate
 import negdiff.reproduce as reproduce
 from negdiff import NegdiffError, load_model
 from negdiff.decide import STATES

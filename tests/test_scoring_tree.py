@@ -232,7 +232,7 @@ def test_batch_cuts_are_the_cheapest_contiguous_split(monkeypatch):
     """_cut_batches against a hand-worked case and an exhaustive search over every split of the sorted run."""
     import itertools
 
-    from negdiff.scoring import prefix_tree as st
+    from negdiff.scoring import tree_plan as st
 
     monkeypatch.setattr(st, "PAST_FACTOR", 10**6)  # the past bound is not what this test checks
     def plan_of(lengths):  # one root segment per length; only the segment lengths matter here

@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 
 from negdiff import NegdiffError, load_model
 from negdiff.cli import main
-from negdiff.experiments import train_mini
 from negdiff.experiments.train_mini import TrainConfig, lr_at, train
-from negdiff.experiments.train_mini.data import EOT, batch_rows, save_steps, token_windows_with_sep
+from negdiff.experiments.train_mini import run as train_mini
+from negdiff.experiments.train_mini.config import save_steps
+from negdiff.experiments.train_mini.data import EOT, batch_rows, token_windows_with_sep
 
 STEPS = 50
 

@@ -38,15 +38,11 @@ import numpy as np
 import pandas as pd
 
 from negdiff.bos import PREFIXING, prefix_id
+from negdiff.choices import MWT_RULES
 from negdiff.data import Sentence, Token, Word, corpus_documents, corpus_file, read_conllu
 from negdiff.errors import NegdiffError
 from negdiff.scoring import Request
 
-#: Multi-word-token rules and what each does (recorded in results).
-MWT_RULES = {"chars": "multi-word tokens whose words spell them are aligned word by word by character overlap; "
-                      "others share their surprisal equally among their words",
-             "split": "a multi-word token's surprisal is shared equally among its words",
-             "first": "a multi-word token's surprisal goes to its first word"}
 GOLD_CORPORA = ("ewt-test", "ewt-dev")
 SPACY_HINT = "pip install spacy && python -m spacy download en_core_web_sm"
 

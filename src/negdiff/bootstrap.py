@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import stats as _stats
 
 from negdiff.errors import NegdiffError
 
@@ -151,6 +150,8 @@ def t_interval(estimate: float, se: float, df: float, n: int, units: str, method
         return too_small(estimate, n, units, method)
     if not (np.isfinite(estimate) and np.isfinite(se) and se >= 0 and df > 0):
         raise NegdiffError(f"non-finite estimate or standard error ({method}): refusing to compute an interval")
+    from scipy import stats as _stats  # here, not at the top: the CLI reads N_BOOT without scipy's second
+
     q95, q90 = _stats.t.ppf(0.975, df), _stats.t.ppf(0.95, df)
     if se == 0.0:
         pg = 0.0 if estimate > 0 else 1.0

@@ -14,10 +14,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from negdiff.errors import NegdiffError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Default data directory used by ``negdiff data fetch`` when NEGDIFF_DATA is not set.
 FETCH_DIR = Path(os.environ.get("NEGDIFF_CACHE", Path.home() / ".cache" / "negdiff")) / "data"
@@ -326,4 +328,6 @@ def _token_windows(tokenizer, docs: list[str], window: int, max_tokens: int | No
         n = min(n, budget // window)
     if n == 0:
         raise NegdiffError(f"the corpus has {len(ids)} tokens, fewer than one window of {window}")
+    import torch  # here, not at the top: the CLI and the presets read the data table without torch
+
     return torch.tensor(ids[: n * window], dtype=torch.long).view(n, window)

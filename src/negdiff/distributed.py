@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from negdiff.errors import NegdiffError
 
 
@@ -83,8 +81,9 @@ def device_for(requested: str, r: Rank) -> str:
     return requested
 
 
-def init(device: str | torch.device) -> Rank:
+def init(device: Any) -> Rank:
     """Join the process group when launched by torchrun (idempotent); returns this process's rank."""
+    import torch  # here, not at the top: the CLI reads the rank before deciding to import torch
     import torch.distributed as dist
 
     r = from_env()

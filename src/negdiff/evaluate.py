@@ -9,10 +9,7 @@ and CI, n, task version, scoring config; model, dtype, device, condition, packag
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +20,7 @@ import torch
 from negdiff.errors import NegdiffError
 from negdiff.result_stats import bootstrap_draws, percentile_ci
 from negdiff.results import versions, write_json, write_parquet
-from negdiff.scoring import BOS_POLICIES, ScoringConfig
-from negdiff.tasks import ALIASES, TASKS, EvalConfig, TaskResult, expand_tasks, run_task
+from negdiff.tasks import ALIASES, EvalConfig, TaskResult, expand_tasks, run_task
 
 FORMAT = "negdiff.eval/1"
 
@@ -123,50 +119,6 @@ def write_results(out_dir: str | Path, results: dict, extra: dict | None = None)
     return path
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from negdiff.hooks import intervene
-    from negdiff.models import load_model
-    from negdiff.neuronset import NeuronSet
-    from negdiff.options import check_out, check_task_data
-    from negdiff.progress import status
-
-    names = expand_tasks(args.tasks)  # fail on a typo before loading the model
-    scoring = ScoringConfig(bos=args.bos, max_batch_tokens=args.batch_tokens, share_context=not args.no_share_context)
-    config = EvalConfig(scoring=scoring, limit=args.limit, seed=args.seed, max_tokens=args.max_tokens,
-                        ppl_corpus=args.ppl_corpus, blimp_sample=args.blimp_sample, data_root=args.data,
-                        tse_reduction=args.tse_reduction, n_boot=args.n_boot)
-    neurons = None
-    if args.neurons:
-        neurons = NeuronSet.from_json(args.neurons)
-    elif args.mode != "zero_negative":
-        raise NegdiffError("--mode needs --neurons (the neuron set to intervene on)")
-    if args.n_boot < 1:
-        raise NegdiffError(f"--n-boot must be at least 1, got {args.n_boot}")
-    if args.batch_tokens is not None and args.batch_tokens < 1:
-        raise NegdiffError(f"--batch-tokens must be at least 1, got {args.batch_tokens}")
-    check_out(args.out)
-    check_task_data(names, config)  # a missing dataset fails before the model loads
-    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
-    condition: dict[str, Any] = {"intervention": None}
-    ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if neurons is not None:
-        neurons.check_model(loaded.key(), f"--neurons {args.neurons}")
-        neurons.validate(loaded.sites)
-        condition = {"intervention": args.mode, "neurons_file": str(args.neurons), "n_neurons": neurons.size,
-                     "neurons_per_layer": {str(k): v for k, v in neurons.counts().items()}, "rule": neurons.rule}
-        ctx = intervene(loaded.model, neurons, args.mode, sites=loaded.sites)
-    status(f"evaluating {', '.join(names)} on {loaded.info.name} ({loaded.info.dtype}, {loaded.info.device})"
-           + (f" with {args.mode} on {neurons.size} neurons" if neurons is not None else ""))
-    with ctx:
-        results = evaluate(loaded, names, config=config, condition=condition)
-    path = write_results(args.out, results, {"command": sys.argv})
-    for line in summary_lines(results):
-        print(line)
-    status(f"wrote {path}")
-    return 0
-
-
 def _partial_note(res: dict) -> str:
     """' (N of 67 BLiMP paradigms)' when a BLiMP result did not cover every paradigm, else ''."""
     from negdiff.tasks import BLIMP_PARADIGMS
@@ -187,38 +139,3 @@ def summary_lines(results: dict) -> list[str]:
     for name, m in results.get("aggregates", {}).items():
         lines.append(f"{name:<31} {m['value']:.4f}  [{m['ci_low']:.4f}, {m['ci_high']:.4f}]")
     return lines
-
-
-def register(subparsers) -> None:
-    """Add the ``eval`` subcommand."""
-    from negdiff.hooks import MODES
-    from negdiff.options import add_model_args
-
-    p = subparsers.add_parser("eval", help="run BLiMP, TSE, perplexity and the non-grammatical suite",
-                              description="Evaluate a model (optionally under an intervention) and write "
-                                          "results.json plus per-item parquet tables to --out.")
-    add_model_args(p)
-    known = ", ".join([*TASKS, *ALIASES])
-    p.add_argument("--tasks", required=True, help=f"comma-separated task names or aliases: {known}")
-    p.add_argument("--out", required=True, help="output folder for results.json and items_<task>.parquet")
-    p.add_argument("--neurons", default=None, help="neuron set JSON (from a scan) to intervene on")
-    # "mean" needs per-neuron values, which a neuron file does not carry: API only (negdiff.hooks.intervene)
-    p.add_argument("--mode", default="zero_negative", choices=[m for m in MODES if m != "mean"],
-                   help="intervention mode (default zero_negative)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="items per BLiMP paradigm / TSE task (seeded) / benchmark (first k)")
-    p.add_argument("--blimp-sample", default="first", choices=("first", "seeded"), help="which k BLiMP pairs")
-    p.add_argument("--max-tokens", type=int, default=None, help="perplexity: a seeded subset of windows")
-    p.add_argument("--ppl-corpus", default="wikitext2-valid", help="perplexity corpus: a name or a local text file")
-    p.add_argument("--batch-tokens", type=int, default=None,
-                   help="padded tokens per forward pass (default: 256 on CPU, 16384 on CUDA)")
-    p.add_argument("--bos", default="prefix", choices=BOS_POLICIES,
-                   help="BOS policy: prefix (document-start token, detected), tokenizer_default (the authors), "
-                        "bos_token (literally tokenizer.bos_token, negdiff's earlier prefix)")
-    p.add_argument("--no-share-context", action="store_true",
-                   help="multiple choice: rerun the context for every answer instead of caching it (a check)")
-    p.add_argument("--tse-reduction", default="mean", choices=("mean", "sum"), help="TSE sentence score")
-    p.add_argument("--seed", type=int, default=0, help="seed for subsets and the bootstrap")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for CIs")
-    p.add_argument("--data", default=None, help="data folder (default $NEGDIFF_DATA)")
-    p.set_defaults(func=_cmd_eval)

@@ -16,23 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from negdiff.choices import MODES, PRE_MODES
 from negdiff.errors import NegdiffError
 from negdiff.neuronset import NeuronSet
 from negdiff.sites import Site, resolve
-
-#: Edits applied to the activation's *input* h on the selected channels.
-PRE_MODES = {
-    "zero_negative": "h -> max(h, 0): the paper's sign-specific ablation",
-    "zero_positive": "h -> min(h, 0)",
-    "zero": "h -> 0: the neuron is removed",
-    "mean": "h -> a given per-neuron value (mean ablation)",
-}
-#: Edits applied to the activation's *output* on the selected channels (sign-vs-magnitude controls).
-POST_MODES = {
-    "identity_positive": "act(h) -> h where h > 0 (negative inputs keep the original activation)",
-    "abs_negative_output": "act(h) -> |act(h)| (negative outputs made positive)",
-}
-MODES = {**PRE_MODES, **POST_MODES}
 
 
 def _sites_for(model: nn.Module, sites: list[Site] | None) -> list[Site]:

@@ -227,6 +227,9 @@ def _read_sizes(path: str) -> dict:
 
 def _cmd_reproduce(args) -> int:
     from negdiff.models import load_model
+    from negdiff.options import check_out
+
+    check_out(args.out)  # an unwritable or wrong --out fails before the presets are read or the model loads
 
     def factory():
         return load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
@@ -242,19 +245,20 @@ def _cmd_reproduce(args) -> int:
 
 def register(sub) -> None:
     """Add ``negdiff reproduce``."""
-    from negdiff.options import add_model_args
+    from negdiff.options import add_data_arg, add_model_args
 
     p = sub.add_parser("reproduce", help="scan -> ablate -> pairs -> pos -> layers on one model, with an HTML "
                        "report (resumable)")
     add_model_args(p, positional=False)
     p.add_argument("model", nargs="?", default="default", help="model (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the run folder (one sub-folder per step, manifest.json, report.html)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="2-CPU-core sizes, ~25-30 min on the default (default)")
     size.add_argument("--standard", action="store_true", help="full BLiMP and TSE for the headline conditions "
                       "(hours on CPU; prints its estimate first)")
     size.add_argument("--full", action="store_true", help="paper sizes (GPU advised)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="every step's seed (default: 0)")
+    add_data_arg(p)
     p.add_argument("--sizes", default=None, help="JSON file of per-step overrides of the preset, e.g. "
                    '{"scan": {"tokens": 65536}, "layers": null} (null leaves a step out)')
     p.set_defaults(func=_cmd_reproduce)

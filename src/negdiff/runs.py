@@ -57,6 +57,25 @@ def _type_error(value: Any, default: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class Command:
+    """How a step appears on the command line; :func:`negdiff.options.add_step_command` builds it.
+
+    The step's options are not listed here: they are its config's fields (:func:`negdiff.options.opt`).
+    """
+
+    help: str  #: the one line in ``negdiff --help``
+    force: str  #: what ``--force`` redoes
+    inputs: tuple[tuple[str, str], ...] = ()  #: required flags besides the options: (flag, help), e.g. --scan
+    #: "positional": MODEL, --revision, --dtype, --device, --threads; "runtime": no MODEL, no --revision;
+    #: "threads": --threads and a --device that defaults to cuda when present
+    model: str = "positional"
+    description: str | None = None
+    out: str = "output folder"
+    #: step-specific switches that are not config fields: (flag, help), each a store_true
+    switches: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Step:
     """One step: what it is called, what it reads and writes, how it runs inside a run folder."""
 
@@ -65,15 +84,17 @@ class Step:
     record: str  #: the step's record file in its folder; present means finished
     upstream: tuple[str, ...] = ()  #: steps whose folders (siblings in the run folder) it reads
     section: str | None = None  #: report heading over its summary lines (None: the report builds its own)
-    #: ``run(loaded, run_dir, cfg, force)``: the step inside a run folder (``force``: redo, the settings changed);
-    #: None: not run by reproduce
-    run: Callable[..., dict] | None = None
-    register: Callable[[Any], None] | None = None  #: adds the step's subcommand to the CLI's subparsers
+    #: the module that does the work: ``command(args)`` for the subcommand, ``run_step(loaded, run_dir, cfg,
+    #: force)`` inside a run folder; imported only when the step runs (it imports torch)
+    module: str = ""
+    command: Command | None = None  #: the subcommand (None: none)
+    in_pipeline: bool = True  #: whether ``negdiff reproduce`` runs it (dynamics and train-mini take other inputs)
 
-    @property
-    def in_pipeline(self) -> bool:
-        """Whether ``negdiff reproduce`` runs it (dynamics and train-mini take other inputs)."""
-        return self.run is not None
+    def run(self, loaded: Any, run_dir: str | Path, cfg: Any, force: bool = False) -> dict:
+        """The step inside a run folder (``force``: redo, the settings changed)."""
+        import importlib
+
+        return importlib.import_module(self.module).run_step(loaded, Path(run_dir), cfg, force=force)
 
     def fields(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self.config)]
@@ -172,3 +193,19 @@ def write_record(path: str | Path, record: dict[str, Any], step: str, seconds: f
     })
     text = json.dumps(_strict(json.loads(json.dumps(record, default=_json_default))), indent=2, allow_nan=False)
     return atomic_write_bytes(path, (text + "\n").encode())
+
+
+def forward_to(module: str) -> Callable[[str], Any]:
+    """A package ``__getattr__`` answering with ``module``'s names, imported on first use (PEP 562).
+
+    A step package holds the declaration and the command line (torch-free); its work lives in a ``run``
+    module that imports torch. Forwarding keeps ``from negdiff.experiments.scan import run_scan`` working
+    without making ``negdiff --help`` import torch.
+    """
+    import importlib
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(importlib.import_module(module), name)  # a half-imported module raises AttributeError
+    return __getattr__

@@ -11,29 +11,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from negdiff.choices import CLI_CRITERIA, CRITERIA, check_criterion
 from negdiff.errors import NegdiffError
 from negdiff.neuronset import NeuronSet
 
 __all__ = ["NeuronSet", "select_wasserstein", "select_lowest", "random_like", "check_criterion", "CRITERIA",
            "CLI_CRITERIA"]
-
-#: Columns of the neuron table that can rank neurons ("which neurons are WN"). wd_neg_raw: W1 over the raw
-#: negative region h < 0; wd_below_mean: W1 below the neuron's mean (see negdiff.stats).
-CRITERIA = ("wd", "wd_neg_raw", "wd_below_mean", "md", "kurtosis")
-#: Names that split W1 at the mean while calling it the negative side; refused with an explanation.
-REMOVED = {"wd_neg": "it split W1 at the neuron's mean, not at h = 0"}
-#: argparse choices: the removed names parse, so that the user sees the NegdiffError explaining them.
-CLI_CRITERIA = (*CRITERIA, *REMOVED)
-
-
-def check_criterion(criterion: str) -> None:
-    """Refuse an unknown or removed criterion with a one-line NegdiffError (call before any long work)."""
-    if criterion in REMOVED:
-        raise NegdiffError(f"criterion '{criterion}' was removed: {REMOVED[criterion]}; use wd_neg_raw (W1 over the "
-                           f"raw negative region h < 0) or wd_below_mean (the old values, below the mean)")
-    if criterion not in CRITERIA:
-        raise NegdiffError(f"unknown selection criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
-
 
 def _check(table: pd.DataFrame, criterion: str, fraction: float) -> None:
     check_criterion(criterion)

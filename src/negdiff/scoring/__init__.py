@@ -1,7 +1,8 @@
 """Scoring: the plain batched engine, the prefix-tree engine, and the read-outs every task uses.
 
 Layout, bottom to top: :mod:`~negdiff.scoring.engine` (requests, the BOS policy, the batched plain
-engine and its unbatched reference), :mod:`~negdiff.scoring.prefix_tree` (each distinct prefix once;
+engine and its unbatched reference), :mod:`~negdiff.scoring.tree_plan` (the prefix tree's plan: trie,
+segments, batch cuts; numpy only), :mod:`~negdiff.scoring.prefix_tree` (runs a plan: each distinct prefix once;
 builds on the engine), :mod:`~negdiff.scoring.readouts` (token log-probs, continuation log-likelihoods,
 perplexity windows; routes sentences through the tree). The names below are the package's public API.
 """

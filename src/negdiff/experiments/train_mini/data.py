@@ -21,23 +21,6 @@ from negdiff.scoring import prefix_id
 EOT = "<|endoftext|>"
 
 
-def save_steps(steps: int, save: str, first: int = 16) -> list[int]:
-    """Checkpoint steps: ``log`` = 0, first, 2 first, 4 first, ... below ``steps``, and ``steps``."""
-    if save == "log":
-        out, s = {0, steps}, first
-        while s < steps:
-            out.add(s)
-            s *= 2
-        return sorted(out)
-    try:
-        out = {steps if x.strip() == "final" else int(x) for x in save.split(",") if x.strip()}
-    except ValueError:
-        raise NegdiffError(f"--save: expected 'log' or a comma list of steps (e.g. 0,100,final), got '{save}'") from None
-    bad = sorted(s for s in out if not 0 <= s <= steps)
-    if bad or not out:
-        raise NegdiffError(f"--save: steps must lie in 0..{steps} (--steps), got {bad or 'nothing'}")
-    return sorted(out | {steps})
-
 def batch_rows(step: int, batch: int, n_windows: int, seed: int) -> np.ndarray:
     """The training windows of ``step``: a fresh seeded permutation of all windows per epoch."""
     flat = np.arange(step * batch, (step + 1) * batch)

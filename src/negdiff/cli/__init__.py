@@ -4,24 +4,24 @@ reproduce and report.
 User mistakes surface as :class:`NegdiffError` and are printed as one line (exit code 2, no traceback);
 Ctrl-C exits with 130. Subcommands live in the modules that implement them and register themselves
 through a ``register(subparsers)`` function (a step's through its Step), so this file stays a table of
-contents.
+contents. Building the parser imports no torch: every command's work is imported when it runs, so
+``negdiff --help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 
 from negdiff import distributed
 from negdiff.errors import NegdiffError
-from negdiff.options import add_model_args
+from negdiff.options import add_step_command, apply_data_arg
 
 #: Modules that add subcommands besides the steps (negdiff.steps), in ``negdiff --help`` order around them.
-COMMANDS_BEFORE = ("negdiff.reproduce", "negdiff.report")
-COMMANDS_AFTER = ("negdiff.evaluate", "negdiff.datasets")
+COMMANDS_BEFORE = ("negdiff.cli.info", "negdiff.reproduce", "negdiff.report")
+COMMANDS_AFTER = ("negdiff.cli.eval", "negdiff.datasets")
 
 
 def _apply_threads(args: argparse.Namespace) -> None:
@@ -34,35 +34,6 @@ def _apply_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(threads)
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
-    from negdiff.models import load_model
-
-    loaded = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
-    info = loaded.info.to_dict()
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    s = info["sites"]
-    rows = [
-        ("model", info["name"]),
-        ("source", f"{info['source']}" + (f" ({info['path']})" if info["path"] else "")),
-        ("architecture", f"{info['architecture']} (model_type {info['model_type']})"),
-        ("parameters", f"{info['n_params']:,}"),
-        ("dtype / device", f"{info['dtype']} / {info['device']}"),
-        ("weights", info["quantization"] or "as stored"),
-        ("layers x neurons", f"{s['n_layers']} x {s['neurons_per_layer']} = {s['n_neurons']:,} neurons"),
-        ("activation", f"{s['activation']}" + (" (gated MLP)" if s["gated"] else "")),
-        ("hook site", f"input of {s['hook']}"),
-        ("max length", str(info["max_length"])),
-    ]
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-    if not s["smooth"]:
-        print(f"note: activation '{s['activation']}' is not smooth (gelu/silu); negdiff accepts it for contrast runs only")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="negdiff",
@@ -70,16 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"negdiff {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("info", help="architecture, activation sites, neurons per layer, parameter count")
-    add_model_args(p)
-    p.add_argument("--json", action="store_true", help="print the model info as JSON")
-    p.set_defaults(func=_cmd_info)
     from negdiff.steps import all_steps
 
     for name in COMMANDS_BEFORE:
         importlib.import_module(name).register(sub)
     for s in all_steps():
-        s.register(sub)
+        if s.command is not None:
+            add_step_command(sub, s)
     for name in COMMANDS_AFTER:
         importlib.import_module(name).register(sub)
     return parser
@@ -103,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     rank = distributed.from_env()
+    data_before = os.environ.get("NEGDIFF_DATA")
     try:
+        apply_data_arg(getattr(args, "data", None))
         _apply_threads(args)
         if rank.active and hasattr(args, "device"):  # torchrun: one process per device, joined in a group
             args.device = distributed.device_for(args.device, rank)
@@ -117,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         distributed.finish(rank)
+        if data_before is None:  # --data holds for this command only (main may run many times in one process)
+            os.environ.pop("NEGDIFF_DATA", None)
+        else:
+            os.environ["NEGDIFF_DATA"] = data_before
 
 
 if __name__ == "__main__":
