@@ -100,7 +100,17 @@ def test_interrupted_reproduce_resumes_and_reports(tiny_model_dir, tmp_path, mon
     figures = list(tmp_path.glob("*/figures/*.png"))
     assert {p.parent.parent.name for p in figures} >= {"scan", "ablate", "pairs", "pos", "layers"}
     assert page.count("data:image/png;base64,") == len(figures)
-    assert "<th>condition</th>" in page and "wn_neg" in page and any(f"{v.upper()}: " in page for v in STATES)
+    assert "<th>condition</th>" in page and "wn_neg" in page
+    import html as _html
+
+    from negdiff.report.claims import STATE_STYLE
+
+    claims = json.loads((tmp_path / "ablate" / "ablation.json").read_text())["claims"]
+    first_screen = page.split('<nav class="toc">')[0]  # every claim with its verdict badge before the sections
+    for c in claims:
+        assert c["verdict"] in STATES and _html.escape(c["claim"]) in first_screen
+        assert f'b-{STATE_STYLE[c["verdict"]][0]}" title=' in first_screen
+    assert first_screen.count('<svg class="forest"') >= 3 and "<pre>" not in page
     md = (tmp_path / "report.md").read_text()
     assert "## Headline table" in md and "| baseline |" in md and "## Layer groups" in md
 

@@ -16,9 +16,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from negdiff.results import atomic_write_with  # noqa: E402
 
+#: scatter collections with more points than this are embedded as pixels in the SVG (a 46k-neuron scatter as
+#: vector paths would be megabytes); axes, text and lines stay vector
+RASTER_POINTS = 2000
+
 
 def save(fig, path: Path) -> Path:
-    """Write a figure atomically and close it."""
+    """Write a figure atomically as PNG (the report's) and SVG beside it (for print and papers), and close it."""
+    for ax in fig.axes:
+        for coll in ax.collections:
+            if len(getattr(coll, "get_offsets", lambda: [])()) > RASTER_POINTS:
+                coll.set_rasterized(True)
     atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    atomic_write_with(path.with_suffix(".svg"), lambda tmp: fig.savefig(tmp, format="svg", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path

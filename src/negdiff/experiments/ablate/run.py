@@ -147,16 +147,23 @@ def dose_response(loaded, table, cfg: AblateConfig, out: Path, key: str, force: 
     widths = {s.layer: s.width for s in loaded.sites}
     base = run_condition(loaded, Condition("baseline", NeuronSet.empty(), tasks=["perplexity", "blimp"]), cfg, out, key,
                          force, dose=True)
-    rows = [{"p": 0.0, "set": "baseline", "n_neurons": 0, "ppl": base["tasks"]["perplexity"]["metrics"]["ppl"]["value"],
-             "blimp": base["tasks"]["blimp"]["metrics"]["acc"]["value"]}]
+    rows = [{"p": 0.0, "set": "baseline", "n_neurons": 0, **_dose_cells(base)}]
     for p in cfg.dose_fractions:
         top = select_wasserstein(table, p, cfg.scope, cfg.criterion)
         for name, neurons in ((f"top_{p:g}", top), (f"random_{p:g}", random_like(top, widths, seed=cfg.seed))):
             res = run_condition(loaded, Condition(name, neurons, tasks=["perplexity", "blimp"]), cfg, out, key, force, dose=True)
-            rows.append({"p": p, "set": name.split("_")[0], "n_neurons": neurons.size,
-                         "ppl": res["tasks"]["perplexity"]["metrics"]["ppl"]["value"],
-                         "blimp": res["tasks"]["blimp"]["metrics"]["acc"]["value"]})
+            rows.append({"p": p, "set": name.split("_")[0], "n_neurons": neurons.size, **_dose_cells(res)})
     return rows
+
+
+def _dose_cells(res: dict[str, Any]) -> dict[str, Any]:
+    """Perplexity and BLiMP accuracy of one dose condition, each with its 95% CI (windows / items resampled)."""
+    out = {}
+    for key, task, metric in (("ppl", "perplexity", "ppl"), ("blimp", "blimp", "acc")):
+        m = res["tasks"][task]["metrics"][metric]
+        out[key] = m["value"]
+        out[f"{key}_ci"] = [m.get("ci_low"), m.get("ci_high")]
+    return out
 
 
 def check_sign_meaningful(loaded: LoadedModel) -> None:

@@ -1,4 +1,4 @@
-"""Self-contained reports (Markdown and HTML with embedded figures), built from run folders only.
+"""Self-contained reports (``report.html`` with embedded figures, ``report.md`` beside it), built from run folders only.
 
 A report never recomputes anything: it reads ``scan/scan.json``, ``ablate/ablation.json`` and their
 figures, so it can be rebuilt, and read, without negdiff or a model.
@@ -6,11 +6,10 @@ figures, so it can be rebuilt, and read, without negdiff or a model.
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 from typing import Any
 
+from negdiff.report.page import page
 from negdiff.results import atomic_write_bytes, read_json
 
 
@@ -76,58 +75,12 @@ def markdown(run: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _md_to_html(md: str, run: Path) -> str:
-    """A deliberately small Markdown subset -> HTML (headings, tables, lists, images inlined as base64)."""
-    out, in_table, in_pre = [], False, False
-    for line in md.splitlines():
-        if line.startswith("```"):
-            out.append("</pre>" if in_pre else "<pre>")
-            in_pre = not in_pre
-            continue
-        if in_pre or line.startswith("    "):
-            out.append(html.escape(line) if in_pre else f"<pre>{html.escape(line[4:])}</pre>")
-            continue
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if all(set(c) <= {"-"} for c in cells):
-                continue
-            tag = "th" if not in_table else "td"
-            if not in_table:
-                out.append("<table>")
-                in_table = True
-            out.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if line.startswith("!["):
-            alt, src = line[2:].split("](", 1)
-            data = base64.b64encode((run / src.rstrip(")")).read_bytes()).decode()
-            out.append(f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-                       f"<figcaption>{html.escape(alt)}</figcaption></figure>")
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("- "):
-            text = html.escape(line[2:]).replace("**", "")
-            out.append(f"<li>{text}</li>")
-        elif line.strip():
-            out.append(f"<p>{html.escape(line).replace('**', '')}</p>")
-    if in_table:
-        out.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "img{max-width:100%}figure{margin:1em 0}pre{background:#f6f6f6;padding:2px 6px;margin:0}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>negdiff report</title><style>{style}</style></head><body>\n" \
-           + "\n".join(out) + "\n</body></html>\n"
-
-
 def write_report(run: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` and a self-contained ``report.html`` into the run folder."""
     run = Path(run)
     md = markdown(run)
     atomic_write_bytes(run / "report.md", md.encode())
-    atomic_write_bytes(run / "report.html", _md_to_html(md, run).encode())
+    atomic_write_bytes(run / "report.html", page(run, _load(run), list(_steps())).encode())
     return run / "report.md", run / "report.html"
 
 
