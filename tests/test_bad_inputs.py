@@ -20,7 +20,6 @@ import torch
 import transformers as T
 
 from negdiff import cli
-from negdiff import data as negdata
 
 from conftest import DATA
 
@@ -202,7 +201,7 @@ def test_bad_input(row, env, opt_scan, tmp_path, capsys, monkeypatch):
     argv = _argv(row, env, out)
     out_path = Path(argv[argv.index("--out") + 1])
     before = _snapshot(out_path)
-    monkeypatch.setattr(negdata, "FETCH_DIR", tmp_path / "no-fetch-dir")
+    monkeypatch.setenv("NEGDIFF_CACHE", str(tmp_path / "no-cache"))
     if name in PARTIAL:
         monkeypatch.setenv("NEGDIFF_DATA", env["partial"])
     if "readonly" in name and os.access(env["readonly"], os.W_OK):  # running as root: deny this folder only

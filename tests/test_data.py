@@ -49,9 +49,12 @@ def test_unknown_corpus_and_missing_data(tmp_path, monkeypatch):
     with pytest.raises(NegdiffError, match="unknown corpus 'wikitext-9'"):
         corpus_documents("wikitext-9")
     monkeypatch.setenv("NEGDIFF_DATA", str(tmp_path))
-    monkeypatch.setattr("negdiff.data.FETCH_DIR", tmp_path / "nothing")
-    with pytest.raises(NegdiffError, match="dataset folder 'wikitext2_raw' not found.*NEGDIFF_DATA"):
+    monkeypatch.setenv("NEGDIFF_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "data" / "wikitext2_raw").mkdir(parents=True)  # in the cache, but NEGDIFF_DATA rules
+    with pytest.raises(NegdiffError, match=f"dataset folder 'wikitext2_raw' not found in {tmp_path} .NEGDIFF_DATA"):
         data_dir(need="wikitext2_raw")
+    monkeypatch.delenv("NEGDIFF_DATA")
+    assert data_dir(need="wikitext2_raw") == tmp_path / "cache" / "data"  # unset: the cache, read at call time
 
 
 def test_local_corpora(tmp_path):

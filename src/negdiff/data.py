@@ -1,7 +1,7 @@
 """Where the data lives, the named corpora, and token windows.
 
-Data is never bundled: it is read from a data directory (``NEGDIFF_DATA``, one folder per dataset,
-each with a SOURCE.md), which ``negdiff data fetch`` fills for online users. Corpora are plain text
+Data is never bundled: it is read from one data directory, ``NEGDIFF_DATA`` if set, else the cache
+folder that ``negdiff data fetch`` (and every command's preflight) fills (:mod:`negdiff.datastore`). Corpora are plain text
 cut into fixed token windows the way the paper's authors do: the text is tokenized once as one stream,
 cut into non-overlapping windows, and the remainder is dropped.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,28 +20,23 @@ from negdiff.errors import NegdiffError
 if TYPE_CHECKING:
     import torch
 
-#: Default data directory used by ``negdiff data fetch`` when NEGDIFF_DATA is not set.
-FETCH_DIR = Path(os.environ.get("NEGDIFF_CACHE", Path.home() / ".cache" / "negdiff")) / "data"
-
-
 def data_dir(path: str | Path | None = None, need: str | None = None) -> Path:
-    """Resolve the data directory: explicit ``path``, else ``$NEGDIFF_DATA``, else the fetch folder.
+    """The data directory (explicit ``path``, else ``$NEGDIFF_DATA``, else the cache; never a fall-through).
 
-    ``need`` names a dataset folder that must exist inside it; the error says how to get it.
+    ``need`` names a dataset folder that must exist inside it; the error says how to get it. Loaders call
+    this; the commands' preflight (:func:`negdiff.datastore.ensure`) has fetched or refused before.
     """
-    tried = []
-    for cand, why in ((path, "argument"), (os.environ.get("NEGDIFF_DATA"), "NEGDIFF_DATA"), (FETCH_DIR, "fetch dir")):
-        if not cand:
-            continue
-        cand = Path(cand).expanduser()
-        tried.append(f"{cand} ({why})")
-        if cand.is_dir() and (need is None or (cand / need).is_dir()):
-            return cand
-    what = f"dataset folder '{need}'" if need else "data directory"
-    raise NegdiffError(
-        f"{what} not found; tried: {', '.join(tried) or 'nothing'}. Set NEGDIFF_DATA to the folder that "
-        "holds the datasets (e.g. export NEGDIFF_DATA=../shared/data), or run `negdiff data fetch` online."
-    )
+    from negdiff.datastore import data_root, missing_message
+
+    base, origin = data_root(path)
+    if need is None:
+        if not base.is_dir():
+            raise NegdiffError(f"data directory {base} not found; set NEGDIFF_DATA to the folder that holds the "
+                               "datasets (e.g. NEGDIFF_DATA=../shared/data), or run `negdiff data fetch` online")
+        return base
+    if not (base / need).is_dir():
+        raise NegdiffError(missing_message([need], base, origin))
+    return base
 
 
 def open_text(path: str | Path):
@@ -243,8 +237,12 @@ def corpus_documents(name_or_path: str, root: str | Path | None = None) -> tuple
 
 
 def check_corpus(name_or_path: str, root: str | Path | None = None) -> None:
-    """Fail now (one line) if a corpus is missing or unreadable as text; cheap, so commands call it before loading a model."""
+    """Fail now (one line) if a corpus is missing or unreadable as text; a named corpus missing from the cache is
+    fetched first (:func:`negdiff.datastore.ensure`). Cheap, so commands call it before loading a model."""
     if name_or_path in CORPORA:
+        from negdiff.datastore import ensure
+
+        ensure(corpus_folders(name_or_path), root)
         path = corpus_file(name_or_path, root)
         if path is None or not path.is_file():
             raise NegdiffError(f"data file not found: {path} (see {path.parent / 'SOURCE.md' if path else 'negdiff data'})")
@@ -256,18 +254,26 @@ def check_corpus(name_or_path: str, root: str | Path | None = None) -> None:
         read_text(path)
 
 
+#: The dataset folder and file behind each named corpus.
+CORPUS_FILES = {
+    "wikitext2": ("wikitext2_raw", "wiki.test.raw.gz"),
+    "wikitext2-valid": ("wikitext2_raw", "wiki.valid.raw.gz"),
+    "ewt-dev": ("ud_ewt", "en_ewt-ud-dev.conllu.gz"),
+    "ewt-test": ("ud_ewt", "en_ewt-ud-test.conllu.gz"),
+    "train-corpus": ("train_corpus", "train.txt.gz"),
+}
+
+
+def corpus_folders(name_or_path: str) -> list[str]:
+    """The dataset folders a corpus needs (none for a local file): what a preflight must fetch or refuse."""
+    return [CORPUS_FILES[name_or_path][0]] if name_or_path in CORPUS_FILES else []
+
+
 def corpus_file(name: str, root: str | Path | None = None) -> Path | None:
     """The data file behind a named corpus (None for unknown names)."""
-    files = {
-        "wikitext2": ("wikitext2_raw", "wiki.test.raw.gz"),
-        "wikitext2-valid": ("wikitext2_raw", "wiki.valid.raw.gz"),
-        "ewt-dev": ("ud_ewt", "en_ewt-ud-dev.conllu.gz"),
-        "ewt-test": ("ud_ewt", "en_ewt-ud-test.conllu.gz"),
-        "train-corpus": ("train_corpus", "train.txt.gz"),
-    }
-    if name not in files:
+    if name not in CORPUS_FILES:
         return Path(name) if Path(name).is_file() else None
-    folder, fname = files[name]
+    folder, fname = CORPUS_FILES[name]
     return data_dir(root, need=folder) / folder / fname
 
 

@@ -159,7 +159,8 @@ def add_run_args(p: argparse.ArgumentParser, force: str, out: str = "output fold
 def add_data_arg(p: argparse.ArgumentParser) -> None:
     """``--data``: the datasets folder for this command (main sets $NEGDIFF_DATA from it before anything runs)."""
     p.add_argument("--data", default=None, metavar="DIR",
-                   help="datasets folder (default: $NEGDIFF_DATA, then the `negdiff data fetch` folder)")
+                   help="datasets folder (default: $NEGDIFF_DATA, else the cache ~/.cache/negdiff/data, "
+                   "where missing datasets are fetched)")
 
 
 def apply_data_arg(data: str | None) -> None:
@@ -208,10 +209,13 @@ def check_out(out: str | Path, flag: str = "--out") -> Path:
 
 
 def check_task_data(tasks, config=None) -> None:
-    """Read every requested task's data now (the loaders cache it), so a missing dataset fails before the model loads."""
-    from negdiff.tasks import EvalConfig, get_task
+    """Fetch-or-refuse every requested task's datasets (:func:`negdiff.datastore.ensure`: one line naming all
+    that are missing), then read them (the loaders cache it), so missing data fails before the model loads."""
+    from negdiff.datastore import ensure
+    from negdiff.tasks import EvalConfig, get_task, task_folders
 
     config = config or EvalConfig()
+    ensure(task_folders(list(tasks), config), config.data_root)
     for name in tasks:
         get_task(name).load(config)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from negdiff.data import data_dir
 from negdiff.results import config_key, file_sha256, read_json, versions, write_json
-from negdiff.steps import pipeline
+from negdiff.steps import pipeline, step
 
 #: Presets are data. ``quick`` is sized to finish on 2 CPU cores in about 25-30 minutes on the embedded
 #: 135M model (item subsets: the report says n in every cell; >= 5 random sets and >= 10 perplexity
@@ -59,6 +59,15 @@ def _data_hashes() -> dict[str, str]:
     """SHA-256 of every staged data file (the manifest's data identity)."""
     root = data_dir()
     return {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.glob("*/*.gz"))}
+
+
+def check_data(sizes: dict[str, dict[str, Any]], seed: int) -> Path:
+    """Every step's datasets, fetched into the cache or refused in one line naming all that are missing, before
+    the first step (and any model) runs: a run must not fail at its third step for want of a file."""
+    from negdiff.datastore import ensure
+
+    needs = [f for name, cfg in step_configs(sizes, seed).items() for f in step(name).data_needs(cfg)]
+    return ensure(needs)
 
 
 def step_keys(model_id: dict[str, Any], sizes: dict[str, dict[str, Any]], seed: int) -> dict[str, str]:
@@ -126,6 +135,7 @@ def run_reproduce(loaded_or_factory: Any, out: str | Path, preset: str = "quick"
 
     out = Path(out)
     sizes = preset_sizes(preset, overrides, seed)
+    check_data(sizes, seed)
     cache: dict[str, Any] = {}
 
     def loaded():
@@ -180,8 +190,6 @@ def run_reproduce(loaded_or_factory: Any, out: str | Path, preset: str = "quick"
 
 def step_configs(sizes: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
     """Each step's config as the run builds it (its defaults, the preset's sizes, the run's seed)."""
-    from negdiff.steps import step
-
     return {name: step(name).make_config(values, seed) for name, values in sizes.items()}
 
 

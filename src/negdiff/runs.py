@@ -96,6 +96,14 @@ class Step:
 
         return importlib.import_module(self.module).run_step(loaded, Path(run_dir), cfg, force=force)
 
+    def data_needs(self, cfg: Any) -> list[str]:
+        """The dataset folders the step reads under ``cfg`` (its module's ``data_needs``; none if it declares none),
+        so ``negdiff reproduce`` can fetch or refuse every step's data in one go before any model loads."""
+        import importlib
+
+        needs = getattr(importlib.import_module(self.module), "data_needs", None)
+        return list(needs(cfg)) if needs is not None else []
+
     def fields(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self.config)]
 

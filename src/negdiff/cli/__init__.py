@@ -21,7 +21,7 @@ from negdiff.options import add_step_command, apply_data_arg
 
 #: Modules that add subcommands besides the steps (negdiff.steps), in ``negdiff --help`` order around them.
 COMMANDS_BEFORE = ("negdiff.cli.info", "negdiff.reproduce", "negdiff.report")
-COMMANDS_AFTER = ("negdiff.cli.eval", "negdiff.datasets")
+COMMANDS_AFTER = ("negdiff.cli.eval", "negdiff.cli.data")
 
 
 def _apply_threads(args: argparse.Namespace) -> None:

@@ -37,7 +37,8 @@ from negdiff.tasks.base import (
 )
 from negdiff.tasks.multiple_choice import MC_TASKS
 
-__all__ = ["TASKS", "ALIASES", "EvalConfig", "TaskResult", "TaskSpec", "expand_tasks", "get_task", "run_task"]
+__all__ = ["TASKS", "ALIASES", "EvalConfig", "TaskResult", "TaskSpec", "expand_tasks", "get_task", "run_task",
+           "task_folders"]
 
 
 def _text_scores(model, tokenizer, texts: list[str], reduction: str, cfg: EvalConfig, desc: str):
@@ -205,6 +206,21 @@ def expand_tasks(names: list[str] | str) -> list[str]:
     if not out:
         raise NegdiffError("no tasks given; e.g. --tasks blimp,tse,perplexity,nongrammatical")
     return out
+
+
+def task_folders(names: list[str], cfg: EvalConfig | None = None) -> list[str]:
+    """The dataset folders the tasks read (perplexity: its corpus's), in order: what a preflight ensures."""
+    from negdiff.data import corpus_folders
+    from negdiff.tasks.multiple_choice import FORMATS
+
+    cfg = cfg or EvalConfig()
+    folders: list[str] = []
+    for name in expand_tasks(names):
+        if name == "perplexity":
+            folders += corpus_folders(cfg.ppl_corpus)
+        else:
+            folders.append(FORMATS[name].folder if name in FORMATS else name)  # blimp, tse, lambada_openai
+    return list(dict.fromkeys(folders))
 
 
 def get_task(name: str) -> TaskSpec:

@@ -236,7 +236,7 @@ def command(args) -> int:
     if args.no_dose:
         cfg = dataclasses.replace(cfg, dose_fractions=())
 
-    def preflight() -> None:
+    def preflight() -> None:  # data_needs below lists the same datasets for negdiff reproduce
         from negdiff.data import check_corpus
         from negdiff.options import check_task_data
         from negdiff.services.scan_outputs import check_scan_dir
@@ -248,6 +248,15 @@ def command(args) -> int:
 
     return run_on_model(args, lambda loaded: run_ablate(loaded, args.scan, cfg, args.out, force=args.force),
                         "ablation.json table.md items/ figures/", lines=table_lines, preflight=preflight)
+
+
+def data_needs(cfg: AblateConfig) -> list[str]:
+    """The dataset folders this step reads: ``negdiff reproduce`` fetches or refuses them before any model loads."""
+    from negdiff.data import corpus_folders
+    from negdiff.tasks import task_folders
+
+    tasks = expand_tasks(list(cfg.tasks))
+    return task_folders(tasks if "perplexity" in tasks else ["perplexity", *tasks]) + corpus_folders(cfg.calib_corpus)
 
 
 # ------------------------------------------------------------------------------------------------ step

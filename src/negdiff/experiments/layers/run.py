@@ -202,6 +202,13 @@ def command(args) -> int:
     return run_on_model(args, run, "layers.json deltas.parquet conditions/ sets/ figures/", preflight=preflight)
 
 
+def data_needs(cfg: LayersConfig) -> list[str]:
+    """The dataset folders this step reads: ``negdiff reproduce`` fetches or refuses them before any model loads."""
+    from negdiff.tasks import task_folders
+
+    return task_folders(list(cfg.tasks))
+
+
 # ------------------------------------------------------------------------------------------------ step
 def run_step(loaded: LoadedModel, run_dir: Path, cfg: LayersConfig, force: bool = False) -> dict[str, Any]:
     return run_layers(loaded, Path(run_dir) / "scan", cfg, Path(run_dir) / "layers", force=force)

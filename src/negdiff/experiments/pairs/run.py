@@ -330,6 +330,13 @@ def command(args) -> int:
                         preflight=preflight)
 
 
+def data_needs(cfg: PairsConfig) -> list[str]:
+    """The dataset folders this step reads: ``negdiff reproduce`` fetches or refuses them before any model loads."""
+    from negdiff.data import corpus_folders
+
+    return corpus_folders(cfg.corpus)
+
+
 # ------------------------------------------------------------------------------------------------ step
 def run_step(loaded: LoadedModel, run_dir: Path, cfg: PairsConfig, force: bool = False) -> dict[str, Any]:
     return run_pairs(loaded, Path(run_dir) / "scan", cfg, Path(run_dir) / "pairs", force=force)

@@ -261,6 +261,13 @@ def command(args) -> int:
                         "pos.json words.parquet figures/pos_excess.png figures/pos_share.png", preflight=preflight)
 
 
+def data_needs(cfg: PosConfig) -> list[str]:
+    """The dataset folders this step reads: ``negdiff reproduce`` fetches or refuses them before any model loads."""
+    from negdiff.data import corpus_folders
+
+    return corpus_folders(cfg.corpus)
+
+
 # ------------------------------------------------------------------------------------------------ step
 def run_step(loaded: LoadedModel, run_dir: Path, cfg: PosConfig, force: bool = False) -> dict[str, Any]:
     """In a run folder the random sets are the ablation's (the same sets on both read-outs)."""

@@ -245,6 +245,13 @@ def _finish(loaded: LoadedModel, cfg: ScanConfig, out: Path, record: dict, strea
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+def data_needs(cfg: ScanConfig) -> list[str]:
+    """The dataset folders this step reads: ``negdiff reproduce`` fetches or refuses them before any model loads."""
+    from negdiff.data import corpus_folders
+
+    return corpus_folders(cfg.corpus) + (corpus_folders(cfg.check_corpus) if cfg.check_windows > 0 else [])
+
+
 def command(args) -> int:
     """``negdiff scan``."""
     from negdiff.options import config_from_args, run_on_model
