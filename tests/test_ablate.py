@@ -12,7 +12,7 @@ import negdiff.experiments.ablate.run as ablate
 from negdiff import load_model
 from negdiff.errors import NegdiffError
 from negdiff.experiments.ablate import AblateConfig, Condition, match_perplexity, run_ablate, run_condition
-from negdiff.experiments.ablate.stats import _doubling
+from negdiff.experiments.ablate.stats import _doubling, table_csv, table_markdown
 from negdiff.experiments.scan import ScanConfig, run_scan
 from negdiff.neuronset import NeuronSet
 from negdiff.services import conditions
@@ -52,6 +52,45 @@ def test_doubling_interpolates_in_log_space():
     expected = np.exp(np.log(0.01) + (np.log(20) - np.log(15)) / (np.log(30) - np.log(15)) * np.log(4))
     assert _doubling(rows) == pytest.approx(expected)
     assert _doubling(rows[:2]) is None
+
+
+def test_table_csv_holds_the_markdown_table_numbers(tmp_path):
+    """Every number of table.md, recovered from table.csv at the Markdown's rounding; empty where '-'."""
+    import re
+
+    from negdiff.results import write_csv
+
+    record = {
+        "order": ["baseline", "wn_neg", "random_neg", "ppl_matched_neg"],
+        "set_sizes": {"wn_neg": 480, "random_neg_s0": 480, "ppl_matched_neg": 5640},
+        "groups": {"baseline": ["baseline"], "wn_neg": ["wn_neg"], "random_neg": ["random_neg_s0", "random_neg_s1"],
+                   "ppl_matched_neg": ["ppl_matched_neg"]},
+        "ppl_matched": {"m": 0.122},
+        "value": {"baseline": {"perplexity": {"value": 30.4021}, "blimp": {"value": 0.78134}},
+                  "wn_neg": {"perplexity": {"value": 34.8}, "blimp": {"value": 0.76119}},
+                  "random_neg": {"perplexity": {"value": 30.68, "sd": 0.13}, "blimp": {"value": 0.777, "sd": 0.005}},
+                  "ppl_matched_neg": {"perplexity": {"value": 34.7}}},
+        "delta": {"wn_neg": {"perplexity": {"diff": 4.41, "ci_low": 3.58, "ci_high": 5.25},
+                             "blimp": {"diff": -0.02015, "ci_low": -0.034, "ci_high": -0.007}},
+                  "random_neg": {"blimp": {"diff": -0.004, "ci_low": -0.01, "ci_high": 0.002}},
+                  "ppl_matched_neg": {"perplexity": {"diff": 4.3, "n": 3, "units": "windows"}}},
+    }
+    header, rows = table_csv(record)
+    assert header[:2] == ["condition", "n_neurons"] and header[2:7] == [f"PPL {p}" for p in
+                                                                       ("value", "sd", "diff", "ci_low", "ci_high")]
+    frame = pd.read_csv(write_csv(tmp_path / "t.csv", header, rows))
+    md = table_markdown(record).splitlines()
+    for i, line in enumerate(md[2:6]):
+        cells = [c.strip() for c in line.strip("| ").split(" | ")]
+        assert cells[0] == frame.loc[i, "condition"] and int(cells[1]) == frame.loc[i, "n_neurons"]
+        for cell, col in zip(cells[2:], ("PPL", "BLiMP acc %"), strict=True):
+            numbers = [float(x) for x in re.findall(r"[-+]?\d+\.\d+", cell)]
+            got = [frame.loc[i, f"{col} {p}"] for p in ("value", "sd", "diff", "ci_low", "ci_high")]
+            present = [v for v in got if not np.isnan(v)]
+            digits = 2 if col == "PPL" else 1
+            assert [round(v, digits) for v in present] == pytest.approx(numbers, abs=1e-9), (cell, got)
+    assert np.isnan(frame.loc[0, "PPL diff"]) and np.isnan(frame.loc[3, "BLiMP acc % value"])  # '-' is empty
+    assert frame.loc[1, "BLiMP acc % value"] == pytest.approx(76.119)  # percent, unrounded
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +139,10 @@ def test_end_to_end_outputs(tiny_run):
     assert "wn_pos" in saved["value"] and "arc_easy" not in saved["value"]["wn_pos"]  # controls: syntax only
     table = (out / "table.md").read_text()
     assert "| wn_neg | 6 |" in table and "ppl_matched_neg (m = " in table
+    csv = pd.read_csv(out / "table.csv")  # the same rows as table.md, numbers split into columns
+    md_rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:len(saved["order"]) + 2]]
+    assert csv["condition"].tolist() == md_rows and csv.loc[1, "n_neurons"] == 6
+    assert csv.loc[1, "BLiMP acc % value"] == pytest.approx(100 * saved["value"]["wn_neg"]["blimp"]["value"])
     for name in ("deltas", "blimp_paradigms", "tse_tasks", "dose_response"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     items = pd.read_parquet(out / "conditions" / "wn_neg" / "items_blimp.parquet")

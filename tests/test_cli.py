@@ -22,7 +22,58 @@ def test_help_lists_every_command_in_pipeline_order():
     assert out.returncode == 0, out.stderr
     listed = [line.split()[0] for line in out.stdout.split("positional arguments:")[1].splitlines()[2:]
               if line.startswith("    ") and not line.startswith("      ")]
-    assert listed == ["info", "reproduce", "report", *(s.name for s in all_steps()), "eval", "data"]
+    assert listed == ["info", "models", "reproduce", "report", *(s.name for s in all_steps()), "eval", "tasks", "data"]
+
+
+def test_models_lists_the_site_registry():
+    """Each row resolves on a tiny model of its family: the printed paths are the modules negdiff hooks."""
+    import json
+
+    from negdiff.sites import REGISTRY, resolve
+
+    from conftest import tiny_model
+
+    out = run("models", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["model_type"]: r for r in json.loads(out.stdout)}
+    assert list(rows) == list(REGISTRY)
+    for arch in ("gpt2", "llama", "opt"):
+        model, row = tiny_model(arch), rows[arch]
+        site = resolve(model)[0]
+        assert model.get_submodule(f"{row['layers']}.0.{row['activation']}") is site.act_module
+        assert model.get_submodule(f"{row['layers']}.0.{row['projection']}") is site.proj_module
+    assert rows["llama"]["gated"] and not rows["gpt2"]["gated"] and rows["gpt2"]["projection_layout"] == "conv1d"
+    text = run("models").stdout.splitlines()
+    assert text[0].split()[:2] == ["model_type", "layers"] and any(line.split()[0] == "phi3" for line in text)
+
+
+def test_tasks_counts_the_staged_items(tmp_path):
+    """Item counts are the lines of the data files; a folder without a task's data says 'not staged'."""
+    import gzip
+    import json
+
+    from negdiff.tasks import TASKS
+
+    from conftest import DATA
+
+    folder = tmp_path / "data"
+    (folder / "tse").mkdir(parents=True)
+    rows = [{"task": "simple_agrmt", "condition": "x", "sentence_good": "a b", "sentence_bad": "b a"}] * 3
+    with gzip.open(folder / "tse" / "marvin_linzen_2018.jsonl.gz", "wt") as fh:
+        fh.write("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = run("tasks", "--json", "--data", str(folder))
+    assert out.returncode == 0, out.stderr
+    got = {r["name"]: r for r in json.loads(out.stdout)}
+    assert list(got) == list(TASKS)
+    assert got["tse"]["items"] == 3 and got["tse"]["unit"] == "pairs" and got["blimp"]["items"] is None
+    assert got["arc_easy"]["aliases"] == ["nongrammatical"] and got["blimp"]["version"] == TASKS["blimp"].version
+    text = run("tasks", "--data", str(folder)).stdout
+    assert "3 pairs" in text and "not staged" in text and text.splitlines()[-1].startswith("alias nongrammatical = ")
+    if (DATA / "sciq").is_dir():  # the staged data: its own line count as the reference
+        with gzip.open(next((DATA / "sciq").glob("*.jsonl.gz")), "rt") as fh:
+            lines = sum(1 for line in fh if line.strip())
+        staged = {r["name"]: r for r in json.loads(run("tasks", "--json", "--data", str(DATA)).stdout)}
+        assert staged["sciq"]["items"] == lines
 
 
 def test_info_on_local_model(tiny_model_dir):

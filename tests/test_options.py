@@ -138,7 +138,7 @@ def test_zero_means_all_only_where_declared():
 def test_help_imports_no_torch():
     """``negdiff --help`` and every ``negdiff STEP --help`` build the parser without importing torch or pandas."""
     code = ("import sys\nfrom negdiff.cli import build_parser\np = build_parser()\n"
-            "for c in ['scan','ablate','pairs','pos','layers','dynamics','train-mini','eval','reproduce','report','data']:\n"
+            "for c in ['scan','ablate','pairs','pos','layers','dynamics','train-mini','eval','tasks','models','reproduce','report','data']:\n"
             "    try:\n        p.parse_args([c, '--help'])\n    except SystemExit:\n        pass\n"
             "print(sorted(m for m in ('torch', 'pandas', 'scipy', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -2,14 +2,19 @@
 
 The caller owns the condition: ``with intervene(model, neurons, "zero_negative"): evaluate(...)``.
 This module never registers hooks or caches anything across calls, so a baseline and an ablated run
-differ only by the caller's context. Every run writes ``results.json`` (per task: metrics with stderr
-and CI, n, task version, scoring config; model, dtype, device, condition, package versions) and one
-``items_<task>.parquet`` per task, whose ``item_id`` column pairs items across conditions.
+differ only by the caller's context; it reads that context from the model's hooks
+(:func:`negdiff.hooks.active_interventions`), so a result computed inside an ``intervene`` block says so
+even when the caller passes no ``condition``. Every run writes ``results.json`` (per task: metrics with
+stderr and CI, n, task version, scoring config; model, dtype, device, condition, package versions, plus
+the fields lm-evaluation-harness results carry, so tooling written for those reads these: ``date``,
+``git_hash``, ``n-samples``, ``n-shot``, ``higher_is_better``) and one ``items_<task>.parquet`` per task,
+whose ``item_id`` column pairs items across conditions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +23,10 @@ import numpy as np
 import torch
 
 from negdiff.errors import NegdiffError
+from negdiff.hooks import active_interventions, condition_of
 from negdiff.result_stats import bootstrap_draws, percentile_ci
 from negdiff.results import versions, write_json, write_parquet
+from negdiff.runs import git_revision
 from negdiff.tasks import ALIASES, EvalConfig, TaskResult, expand_tasks, run_task
 
 FORMAT = "negdiff.eval/1"
@@ -70,9 +77,12 @@ def evaluate(
     """Run ``tasks`` (names or aliases) and return the results dict; ``"items"`` holds the DataFrames.
 
     ``limit`` overrides ``config.limit``. ``condition`` describes the caller's intervention (recorded
-    as given; ``None`` means baseline).
+    as given); ``None`` records what is active on the model: the ``intervene`` blocks around this call
+    (:func:`negdiff.hooks.condition_of`), or ``{"intervention": None}`` for the unedited model.
     """
     model, tok, info = _unpack(loaded_or_model_and_tokenizer)
+    if condition is None:
+        condition = {**condition_of(active_interventions(model)), "recorded_from": "active hooks"}
     config = config or EvalConfig()
     if limit is not None:
         config = dataclasses.replace(config, limit=limit)
@@ -83,8 +93,11 @@ def evaluate(
         done[name] = run_task(name, model, tok, config)
     out: dict[str, Any] = {
         "format": FORMAT,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "negdiff_version": _negdiff_version(),
+        "git_hash": git_revision(),
         "model": info,
-        "condition": condition or {"intervention": None},
+        "condition": condition,
         "config": config.to_dict(),
         "tasks": {n: r.to_dict() for n, r in done.items()},
         "aggregates": {},
@@ -96,8 +109,42 @@ def evaluate(
         if all(m in done for m in members):
             out["aggregates"][f"{alias}_mean_error"] = mean_error(done, members, "acc", config)
             out["aggregates"][f"{alias}_mean_error_norm"] = mean_error(done, members, "acc_norm", config)
+    out.update(harness_fields(out["tasks"], out["aggregates"]))
     out["items"] = {n: r.items for n, r in done.items()}
     return out
+
+
+#: Metric names (before any ``/group/value``) for which lower is better; every other metric is an accuracy.
+LOWER_IS_BETTER = ("ppl", "nll")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is better (the harness's per-metric flag): accuracies yes,
+    perplexity, NLL and error rates no."""
+    base = metric.split("/", 1)[0]
+    return not (base in LOWER_IS_BETTER or "error" in base)
+
+
+def harness_fields(tasks: dict[str, dict], aggregates: dict[str, dict]) -> dict[str, Any]:
+    """``n-samples`` (original = items offered, effective = items scored), ``n-shot`` and
+    ``higher_is_better`` per task, as lm-evaluation-harness names them; aggregates carry their own flag.
+
+    Computed from the task records, so a merged result (``negdiff eval`` runs one call per limit) gets them
+    recomputed over all its tasks.
+    """
+    for name, agg in aggregates.items():
+        agg["higher_is_better"] = higher_is_better(name)
+    return {
+        "n-samples": {n: {"original": t.get("n_available", t["n"]), "effective": t["n"]} for n, t in tasks.items()},
+        "n-shot": {n: 0 for n in tasks},
+        "higher_is_better": {n: {m: higher_is_better(m) for m in t["metrics"]} for n, t in tasks.items()},
+    }
+
+
+def _negdiff_version() -> str:
+    from negdiff import __version__
+
+    return __version__
 
 
 def write_results(out_dir: str | Path, results: dict, extra: dict | None = None) -> Path:

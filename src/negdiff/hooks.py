@@ -5,6 +5,11 @@ reimplementation), kept as exact handles, and removed in ``finally`` so an excep
 cannot leave a model silently ablated. Nothing here removes hooks it did not add, so a user's outer
 interventions survive an inner ``capture``. Hooks run in registration order: a ``capture`` opened
 inside an ``intervene`` sees what the activation actually receives.
+
+Both accept a bare Hugging Face model or the :class:`~negdiff.models.LoadedModel` that ``load_model``
+returns (its resolved sites are reused). What is active on a model is read from the model's own hook
+tables (:func:`active_interventions`): each edit hook carries its :class:`Intervention`, so the record
+lives exactly as long as the hook, and no registry can outlive a block or disagree with what runs.
 """
 
 from __future__ import annotations
@@ -12,18 +17,86 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from negdiff.choices import MODES, PRE_MODES
 from negdiff.errors import NegdiffError
-from negdiff.neuronset import NeuronSet
+from negdiff.neuronset import NeuronSet, NeuronSetLike
 from negdiff.sites import Site, resolve
 
 
-def _sites_for(model: nn.Module, sites: list[Site] | None) -> list[Site]:
-    return sites if sites is not None else resolve(model)
+def unwrap(model: Any, sites: list[Site] | None = None, where: str = "negdiff") -> tuple[nn.Module, list[Site]]:
+    """The ``nn.Module`` and its sites from a bare model or a LoadedModel (duck-typed: ``.model`` + ``.sites``).
+
+    Why duck typing: hooks sit below models in the layering, and a LoadedModel is just the model plus what
+    was resolved on it; passing one must not fail deep inside the site registry with "model_type 'LoadedModel'".
+    """
+    if isinstance(model, nn.Module):
+        return model, sites if sites is not None else resolve(model)
+    inner = getattr(model, "model", None)
+    if isinstance(inner, nn.Module) and isinstance(getattr(model, "sites", None), list):
+        return inner, sites if sites is not None else model.sites
+    raise NegdiffError(f"{where}: expected a torch model or the LoadedModel load_model() returns, "
+                       f"got {type(model).__name__}")
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """One active edit: the mode and the neurons, as results record it (``evaluate`` reads it from the hooks)."""
+
+    mode: str
+    neurons: NeuronSet
+    has_values: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """The condition record: the same fields ``negdiff eval --neurons`` writes (minus the file name)."""
+        return {"intervention": self.mode, "n_neurons": self.neurons.size,
+                "neurons_per_layer": {str(k): v for k, v in self.neurons.counts().items()}, "rule": self.neurons.rule}
+
+
+class _EditHook:
+    """A hook that knows which :class:`Intervention` it belongs to (what :func:`active_interventions` reads)."""
+
+    def __init__(self, intervention: Intervention, fn: Callable[..., Any]) -> None:
+        self.intervention = intervention
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+def active_interventions(model: Any) -> list[Intervention]:
+    """The interventions whose hooks are on ``model`` now, in the order they were entered.
+
+    Read from the modules' hook tables, whose keys are torch's global, increasing handle ids: the order of
+    registration even across modules. Empty outside every ``intervene`` block.
+    """
+    module = model if isinstance(model, nn.Module) else getattr(model, "model", None)
+    if not isinstance(module, nn.Module):
+        return []
+    found: dict[int, tuple[int, Intervention]] = {}
+    for mod in module.modules():
+        for table in (mod._forward_pre_hooks, mod._forward_hooks):
+            for hid, hook in table.items():
+                if isinstance(hook, _EditHook):
+                    iv = hook.intervention
+                    if id(iv) not in found or hid < found[id(iv)][0]:
+                        found[id(iv)] = (hid, iv)
+    return [iv for _, iv in sorted(found.values(), key=lambda x: x[0])]
+
+
+def condition_of(interventions: list[Intervention]) -> dict[str, Any]:
+    """The ``condition`` a result records: baseline, one intervention, or a stack of nested ones."""
+    if not interventions:
+        return {"intervention": None}
+    if len(interventions) == 1:
+        return interventions[0].describe()
+    return {"intervention": "+".join(iv.mode for iv in interventions),
+            "n_neurons": sum(iv.neurons.size for iv in interventions),
+            "stack": [iv.describe() for iv in interventions]}
 
 
 def check_mode(mode: str) -> None:
@@ -57,19 +130,23 @@ def _edit_post(h: torch.Tensor, out: torch.Tensor, idx: torch.Tensor, mode: str)
 
 @contextmanager
 def intervene(
-    model: nn.Module,
-    neurons: NeuronSet,
+    model: Any,
+    neurons: NeuronSetLike,
     mode: str = "zero_negative",
     values: dict[int, torch.Tensor] | None = None,
     sites: list[Site] | None = None,
 ) -> Iterator[NeuronSet]:
     """Edit the selected neurons' pre-activations (or activation outputs) while the block runs.
 
+    ``model`` is a torch model or a LoadedModel; ``neurons`` a NeuronSet or anything
+    :meth:`NeuronSet.coerce` reads (``{layer: indices}``, ``(layer, index)`` pairs, names, a wn.json path).
     ``values`` (mode ``mean`` only) maps layer -> a tensor aligned with ``neurons.indices(layer)``.
-    Layers without selected neurons get no hook, so an empty set is bit-identical to no hook.
+    Layers without selected neurons get no hook, so an empty set is bit-identical to no hook. Yields the
+    NeuronSet in use; :func:`active_interventions` reports the edit while the block runs.
     """
     check_mode(mode)
-    sites = _sites_for(model, sites)
+    model, sites = unwrap(model, sites, "intervene")
+    neurons = NeuronSet.coerce(neurons)
     neurons.validate(sites)
     if mode == "mean":
         if values is None:
@@ -77,6 +154,7 @@ def intervene(
         for layer in neurons.layers:
             if layer not in values or len(values[layer]) != len(neurons.indices(layer)):
                 raise NegdiffError(f"mode 'mean': layer {layer} needs {len(neurons.indices(layer))} values")
+    record = Intervention(mode, neurons, values is not None)
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
         for site in sites:
@@ -97,13 +175,13 @@ def intervene(
                     h = args[0]
                     return (_edit_pre(h, on_device(h.device), mode, vals), *args[1:])
 
-                handles.append(site.act_module.register_forward_pre_hook(pre_hook))
+                handles.append(site.act_module.register_forward_pre_hook(_EditHook(record, pre_hook)))
             else:
 
                 def post_hook(_mod, args, out, on_device=on_device):
                     return _edit_post(args[0], out, on_device(out.device), mode)
 
-                handles.append(site.act_module.register_forward_hook(post_hook))
+                handles.append(site.act_module.register_forward_hook(_EditHook(record, post_hook)))
         yield neurons
     finally:
         for handle in handles:
@@ -146,7 +224,7 @@ class Trace:
 
 @contextmanager
 def capture(
-    model: nn.Module,
+    model: Any,
     layers: list[int] | None = None,
     *,
     what: tuple[str, ...] = ("pre",),
@@ -159,9 +237,10 @@ def capture(
 
     ``fn(what, layer, tensor)`` is called as each tensor is produced (the streaming interface);
     ``keep=False`` then stops the trace from holding even the latest batch. Use ``trace.forward(...)``
-    to run the model so that ``stop_after_last`` can end the pass early without an error.
+    to run the model so that ``stop_after_last`` can end the pass early without an error. ``model`` is a
+    torch model or a LoadedModel (``trace.model`` is then its torch model).
     """
-    sites = _sites_for(model, sites)
+    model, sites = unwrap(model, sites, "capture")
     bad = [w for w in what if w not in ("pre", "mlp_in")]
     if bad:
         raise NegdiffError(f"capture: unknown tensor kind {bad}; use 'pre' and/or 'mlp_in'")

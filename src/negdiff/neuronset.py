@@ -7,7 +7,7 @@ scan <hash>"), so every result file says exactly what was ablated. It round-trip
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,17 @@ from negdiff.errors import NegdiffError
 from negdiff.sites import Site, neuron_name
 
 FORMAT = "negdiff.neuronset/1"
+
+
+def _integer(value: Any) -> int:
+    """An integral value as int; floats with a fraction, bools and strings are refused (ValueError/TypeError)."""
+    if isinstance(value, (bool, str)):
+        raise TypeError(value)
+    if hasattr(value, "item") and not isinstance(value, int):
+        value = value.item()
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
 
 
 def _as_index(values: Iterable[int] | torch.Tensor) -> torch.Tensor:
@@ -50,11 +61,55 @@ class NeuronSet:
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[int, int]], rule: dict | None = None) -> NeuronSet:
-        """Build from ``(layer, index)`` pairs."""
+        """Build from ``(layer, index)`` pairs, e.g. ``[(3, 1021), (0, 2)]`` (what iterating a set gives back)."""
         by_layer: dict[int, list[int]] = {}
-        for layer, index in pairs:
-            by_layer.setdefault(int(layer), []).append(int(index))
-        return cls({k: torch.tensor(v) for k, v in by_layer.items()}, rule or {})
+        for pair in pairs:
+            try:
+                layer, index = pair
+                by_layer.setdefault(_integer(layer), []).append(_integer(index))
+            except (TypeError, ValueError):
+                raise NegdiffError(f"bad neuron {pair!r}: expected a (layer, index) pair of integers") from None
+        return cls({k: torch.tensor(v, dtype=torch.long) for k, v in by_layer.items()}, rule or {})
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[int, Iterable[int]], rule: dict | None = None) -> NeuronSet:
+        """Build from ``{layer: indices}`` (lists, ranges, tensors or arrays), the shape a notebook writes by hand.
+
+        Unlike the bare constructor it checks that layers and indices are integers, so ``{"3": [1.5]}`` is
+        a one-line error rather than a silently truncated index.
+        """
+        neurons = {}
+        for layer, idx in mapping.items():
+            try:
+                values = idx.tolist() if hasattr(idx, "tolist") else list(idx)
+                neurons[_integer(layer)] = torch.tensor([_integer(i) for i in values], dtype=torch.long)
+            except (TypeError, ValueError):
+                raise NegdiffError(f"bad neuron mapping at layer {layer!r}: expected {{layer: [indices]}} of "
+                                   "integers") from None
+        return cls(neurons, rule or {})
+
+    @classmethod
+    def coerce(cls, neurons: NeuronSetLike) -> NeuronSet:
+        """Whatever names a set of neurons, as a NeuronSet: where the API expects one, any of these is taken.
+
+        A NeuronSet (returned as is); ``{layer: indices}``; a neuron-set JSON dict (with ``"neurons"``);
+        a path to a neuron-set JSON file; ``(layer, index)`` pairs; printed names like ``"L3.N1021"``.
+        """
+        if isinstance(neurons, NeuronSet):
+            return neurons
+        if isinstance(neurons, Mapping):
+            if "neurons" in neurons and isinstance(neurons["neurons"], Mapping):
+                return cls.from_dict(dict(neurons))
+            return cls.from_mapping(neurons)
+        if isinstance(neurons, (str, Path)):
+            return cls.from_json(neurons)
+        if isinstance(neurons, Iterable):
+            items = list(neurons)
+            if items and all(isinstance(x, str) for x in items):
+                return cls.from_names(items)
+            return cls.from_pairs(items)
+        raise NegdiffError(f"cannot read a neuron set from {type(neurons).__name__}: give a NeuronSet, "
+                           "{layer: indices}, (layer, index) pairs, names like 'L3.N1021' or a wn.json path")
 
     @classmethod
     def from_names(cls, names: Iterable[str], rule: dict | None = None) -> NeuronSet:
@@ -200,3 +255,7 @@ def describe_model(key: dict[str, Any]) -> str:
     rev = f"@{key['revision']}" if key.get("revision") else ""
     h = f", weights {str(key['weights_hash'])[:12]}" if key.get("weights_hash") else ""
     return f"'{key.get('spec')}{rev}' ({key.get('n_layers')} layers x {w} neurons{h})"
+
+
+#: What :meth:`NeuronSet.coerce` accepts wherever the API expects a neuron set.
+NeuronSetLike = NeuronSet | Mapping[int, Iterable[int]] | Iterable[tuple[int, int]] | Iterable[str] | str | Path

@@ -87,6 +87,21 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, to_json(obj).encode())
 
 
+def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Path:
+    """Atomically write a CSV table (``None`` and NaN as empty cells): the machine-readable twin of a Markdown
+    table, so a spreadsheet or pandas reads the numbers without parsing "value (diff [lo, hi])" cells."""
+    import csv
+    import io
+    import math
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in row])
+    return atomic_write_bytes(path, buf.getvalue().encode())
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON file written by :func:`write_json`."""
     return json.loads(Path(path).read_text())

@@ -1,5 +1,5 @@
-"""The ``negdiff`` command line: one subcommand per declared step (negdiff.steps), plus info, eval, data,
-reproduce and report.
+"""The ``negdiff`` command line: one subcommand per declared step (negdiff.steps), plus info, models, eval,
+tasks, data, reproduce and report.
 
 User mistakes surface as :class:`NegdiffError` and are printed as one line (exit code 2, no traceback);
 Ctrl-C exits with 130. Subcommands live in the modules that implement them and register themselves
@@ -20,8 +20,8 @@ from negdiff.errors import NegdiffError
 from negdiff.options import add_step_command, apply_data_arg
 
 #: Modules that add subcommands besides the steps (negdiff.steps), in ``negdiff --help`` order around them.
-COMMANDS_BEFORE = ("negdiff.cli.info", "negdiff.reproduce", "negdiff.report")
-COMMANDS_AFTER = ("negdiff.cli.eval", "negdiff.cli.data")
+COMMANDS_BEFORE = ("negdiff.cli.info", "negdiff.cli.models", "negdiff.reproduce", "negdiff.report")
+COMMANDS_AFTER = ("negdiff.cli.eval", "negdiff.cli.tasks", "negdiff.cli.data")
 
 
 def _apply_threads(args: argparse.Namespace) -> None:

@@ -77,20 +77,16 @@ def register(sub: Any) -> None:
 def command(args: argparse.Namespace) -> int:
     """Check everything, load the model, evaluate each task family at its own subsample, write the results."""
     from negdiff.evaluate import evaluate, summary_lines, write_results
-    from negdiff.hooks import intervene
+    from negdiff.hooks import Intervention, intervene
     from negdiff.models import load_model
     from negdiff.neuronset import NeuronSet
     from negdiff.options import check_out, check_task_data
     from negdiff.progress import status
-    from negdiff.scoring import ScoringConfig
-    from negdiff.tasks import EvalConfig, expand_tasks
+    from negdiff.tasks import expand_tasks
 
     opts = config_from_args(EvalOptions, args)
     names = expand_tasks(args.tasks)  # fail on a typo before loading the model
-    scoring = ScoringConfig(bos=opts.bos, max_batch_tokens=opts.batch_tokens, share_context=opts.share_context)
-    config = EvalConfig(scoring=scoring, seed=opts.seed, max_tokens=opts.ppl_tokens, ppl_window=opts.ppl_window,
-                        ppl_corpus=opts.ppl_corpus, blimp_sample=opts.blimp_sample, tse_reduction=opts.tse_reduction,
-                        n_boot=opts.n_boot)
+    config = eval_config(opts)
     neurons = NeuronSet.from_json(opts.neurons) if opts.neurons else None
     check_out(args.out)
     check_task_data(names, config)  # a missing dataset fails before the model loads
@@ -100,8 +96,7 @@ def command(args: argparse.Namespace) -> int:
     if neurons is not None:
         neurons.check_model(loaded.key(), f"--neurons {opts.neurons}")
         neurons.validate(loaded.sites)
-        condition = {"intervention": opts.mode, "neurons_file": str(opts.neurons), "n_neurons": neurons.size,
-                     "neurons_per_layer": {str(k): v for k, v in neurons.counts().items()}, "rule": neurons.rule}
+        condition = {**Intervention(opts.mode, neurons).describe(), "neurons_file": str(opts.neurons)}
         ctx = intervene(loaded.model, neurons, opts.mode, sites=loaded.sites)
     status(f"evaluating {', '.join(names)} on {loaded.info.name} ({loaded.info.dtype}, {loaded.info.device})"
            + (f" with {opts.mode} on {neurons.size} neurons" if neurons is not None else ""))
@@ -119,6 +114,21 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_config(opts: EvalOptions) -> Any:
+    """The :class:`negdiff.tasks.EvalConfig` the options ask for.
+
+    With no flags given it equals ``EvalConfig()``, the Python API's default (tests/test_api.py holds the
+    two to it), so ``negdiff eval`` and ``evaluate()`` score under the same BOS policy and settings.
+    """
+    from negdiff.scoring import ScoringConfig
+    from negdiff.tasks import EvalConfig
+
+    scoring = ScoringConfig(bos=opts.bos, max_batch_tokens=opts.batch_tokens, share_context=opts.share_context)
+    return EvalConfig(scoring=scoring, seed=opts.seed, max_tokens=opts.ppl_tokens, ppl_window=opts.ppl_window,
+                      ppl_corpus=opts.ppl_corpus, blimp_sample=opts.blimp_sample, tse_reduction=opts.tse_reduction,
+                      n_boot=opts.n_boot)
+
+
 def _merge(parts: list[dict], names: list[str], opts: EvalOptions) -> dict:
     """One results dict from the per-limit calls, tasks in the order asked, the limits recorded per family."""
     out = dict(parts[0])
@@ -129,4 +139,7 @@ def _merge(parts: list[dict], names: list[str], opts: EvalOptions) -> dict:
     out["seconds"] = round(sum(p["seconds"] for p in parts), 3)
     out["config"] = {**out["config"], "limit": None, "limits": {"blimp": opts.blimp_limit, "tse": opts.tse_limit,
                                                                 "nongrammatical": opts.nongram_limit}}
+    from negdiff.evaluate import harness_fields
+
+    out.update(harness_fields(out["tasks"], out["aggregates"]))
     return out

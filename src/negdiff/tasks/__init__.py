@@ -170,7 +170,7 @@ def run_perplexity(model, tokenizer, items: list[dict], cfg: EvalConfig) -> Task
               "tokens_scored": len(idx) * (window - 1), "max_tokens": cfg.max_tokens, "seed": cfg.seed,
               "bos": "none: windows cut from one token stream, each window's first token is context only",
               "scoring": cfg.scoring.to_dict(), "data_files": file_hashes(items)}
-    return TaskResult("perplexity", "", metrics, frame, config)
+    return TaskResult("perplexity", "", metrics, frame, config, n_available=total)
 
 
 # ---------------------------------------------------------------------------------------------- registry

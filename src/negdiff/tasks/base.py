@@ -68,11 +68,13 @@ class TaskResult:
     items: pd.DataFrame
     config: dict[str, Any] = field(default_factory=dict)
     seconds: float | None = None
+    #: items the data offered before a limit (perplexity: windows); the harness's n-samples "original"
+    n_available: int | None = None
 
     def to_dict(self) -> dict:
         """The JSON part (the item table goes to parquet)."""
-        return {"version": self.version, "n": len(self.items), "metrics": self.metrics, "config": self.config,
-                "seconds": self.seconds}
+        return {"version": self.version, "n": len(self.items), "n_available": self.n_available,
+                "metrics": self.metrics, "config": self.config, "seconds": self.seconds}
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class TaskSpec:
         items = self.load(config)
         result = self.runner(model, tokenizer, items, config)
         result.name, result.version = self.name, self.version
+        if result.n_available is None:  # a runner whose unit is not the loader's item sets its own
+            result.n_available = len(items)
         return result
 
 

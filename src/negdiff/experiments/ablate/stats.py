@@ -211,17 +211,47 @@ COLUMNS = {"perplexity": ("PPL", "ppl"), "blimp:margin": ("BLiMP margin (nats)",
            "nongrammatical_mean_error": ("non-gram. mean err %", "pct")}
 
 
+def _table_columns(record: dict[str, Any]) -> list[str]:
+    cols = [*COLUMNS, *NONGRAM]
+    return [c for c in cols if any(c in record["value"][g] for g in record["order"])]
+
+
+def _row_label(record: dict[str, Any], g: str) -> tuple[str, int]:
+    size = record["set_sizes"].get(g) or record["set_sizes"].get(record["groups"][g][0], 0)
+    label = g if g != "ppl_matched_neg" else f"ppl_matched_neg (m = {100 * record['ppl_matched']['m']:.1f}%)"
+    if g == "random_neg":
+        label = f"random_neg ({len(record['groups'][g])} sets)"
+    return label, size
+
+
+def table_csv(record: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The rows and columns of :func:`table_markdown` with each cell split into value, sd (random sets),
+    diff, ci_low, ci_high, in the unit its header names (percent for accuracies, Δppl for perplexity)."""
+    cols = _table_columns(record)
+    header = ["condition", "n_neurons"]
+    for c in cols:
+        name = COLUMNS.get(c, (c + " acc %",))[0]
+        header += [f"{name} {part}" for part in ("value", "sd", "diff", "ci_low", "ci_high")]
+    rows = []
+    for g in record["order"]:
+        label, size = _row_label(record, g)
+        row: list[Any] = [label, size]
+        for c in cols:
+            v, d = record["value"][g].get(c), record["delta"].get(g, {}).get(c)
+            scale = 100 if COLUMNS.get(c, ("", "pct"))[1] == "pct" else 1
+            row += [None if v is None else scale * v["value"], scale * v["sd"] if v and "sd" in v else None]
+            row += [None if not d or k not in d else scale * d[k] for k in ("diff", "ci_low", "ci_high")]
+        rows.append(row)
+    return header, rows
+
+
 def table_markdown(record: dict[str, Any]) -> str:
     """The paper-style table: conditions x (perplexity, BLiMP/TSE margin and accuracy, mean error, each benchmark)."""
-    cols = [*COLUMNS, *NONGRAM]
-    cols = [c for c in cols if any(c in record["value"][g] for g in record["order"])]
+    cols = _table_columns(record)
     head = "| condition | n neurons | " + " | ".join(COLUMNS.get(c, (c + " acc %",))[0] for c in cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 2)]
     for g in record["order"]:
-        size = record["set_sizes"].get(g) or record["set_sizes"].get(record["groups"][g][0], 0)
-        label = g if g != "ppl_matched_neg" else f"ppl_matched_neg (m = {100 * record['ppl_matched']['m']:.1f}%)"
-        if g == "random_neg":
-            label = f"random_neg ({len(record['groups'][g])} sets)"
+        label, size = _row_label(record, g)
         cells = [_fmt(record["value"][g].get(c), record["delta"].get(g, {}).get(c), COLUMNS.get(c, ("", "pct"))[1])
                  for c in cols]
         lines.append(f"| {label} | {size} | " + " | ".join(cells) + " |")
@@ -288,7 +318,8 @@ def table_lines(record: dict[str, Any]) -> list[str]:
 
 
 def write_outputs(record: dict[str, Any], results: dict[str, dict], out: Path) -> None:
-    """ablation.json, table.md and the figures (per-item tables were written per condition)."""
+    """ablation.json, table.md (with table.csv, its numbers) and the figures (per-item tables were written per
+    condition)."""
     from negdiff.experiments.ablate.figures import ablation_figures
 
     record["figures"] = [str(p.relative_to(out)) for p in ablation_figures(record, results, out)]
@@ -297,3 +328,6 @@ def write_outputs(record: dict[str, Any], results: dict[str, dict], out: Path) -
     from negdiff.results import atomic_write_bytes
 
     atomic_write_bytes(out / "table.md", ("\n".join(table_lines(record)) + "\n").encode())
+    from negdiff.results import write_csv
+
+    write_csv(out / "table.csv", *table_csv(record))
