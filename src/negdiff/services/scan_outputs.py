@@ -68,3 +68,19 @@ def load_scan(scan_dir: str | Path, loaded: LoadedModel) -> tuple[pd.DataFrame, 
     if widths != model_widths:
         raise NegdiffError(f"the scan in {scan_dir} was made on a model with other layers/widths than {loaded.info.spec}")
     return table, record
+
+
+def scan_corpus_command(args: Any, config: type, run: Any, wrote: str) -> int:
+    """The command of a step that reads a finished scan and streams a corpus (pairs, pos): flags -> config,
+    the scan's wn.json and the corpus checked before the model loads, then ``run(loaded, scan, cfg, out, force)``."""
+    from negdiff.data import check_corpus
+    from negdiff.options import config_from_args, run_on_model
+
+    cfg = config_from_args(config, args)
+
+    def preflight() -> None:
+        wn_path(args.scan)
+        check_corpus(cfg.corpus, cfg.data)
+
+    return run_on_model(args, lambda loaded: run(loaded, args.scan, cfg, args.out, force=args.force), wrote,
+                        preflight=preflight)

@@ -39,7 +39,7 @@ from negdiff.progress import status
 from negdiff.runs import write_record
 from negdiff.select import random_like
 from negdiff.services.md_pairs import pairs_table
-from negdiff.services.scan_outputs import load_wn, wn_path
+from negdiff.services.scan_outputs import load_wn
 from negdiff.services.streaming import Streamer, default_window, plan_pairs, stream
 
 FORMAT = "negdiff.pairs/1"
@@ -316,18 +316,9 @@ def _panel_points(streamer: Streamer, table: pd.DataFrame, panels: dict[int, int
 # ------------------------------------------------------------------------------------------------ CLI
 def command(args) -> int:
     """``negdiff pairs``."""
-    from negdiff.data import check_corpus
-    from negdiff.options import config_from_args, run_on_model
+    from negdiff.services.scan_outputs import scan_corpus_command
 
-    cfg = config_from_args(PairsConfig, args)
-
-    def preflight() -> None:
-        wn_path(args.scan)
-        check_corpus(cfg.corpus, cfg.data)
-
-    return run_on_model(args, lambda loaded: run_pairs(loaded, args.scan, cfg, args.out, force=args.force),
-                        "pairs.json pairs.parquet panel_preacts.parquet panel_points.parquet figures/",
-                        preflight=preflight)
+    return scan_corpus_command(args, PairsConfig, run_pairs, "pairs.json pairs.parquet panel_preacts.parquet panel_points.parquet figures/")
 
 
 def data_needs(cfg: PairsConfig) -> list[str]:

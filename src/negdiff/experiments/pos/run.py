@@ -44,7 +44,7 @@ from negdiff.progress import status
 from negdiff.runs import write_record
 from negdiff.scoring import model_max_length, score
 from negdiff.select import random_like
-from negdiff.services.scan_outputs import load_wn, wn_path
+from negdiff.services.scan_outputs import load_wn
 
 FORMAT = "negdiff.pos/2"
 #: Default size: a seeded sample of whole EWT-test documents up to this many words (about 15k tokens per
@@ -248,17 +248,9 @@ def run_pos(loaded: LoadedModel, scan_dir: str | Path, cfg: PosConfig, out: str 
 # ------------------------------------------------------------------------------------------------ CLI
 def command(args) -> int:
     """``negdiff pos``."""
-    from negdiff.data import check_corpus
-    from negdiff.options import config_from_args, run_on_model
+    from negdiff.services.scan_outputs import scan_corpus_command
 
-    cfg = config_from_args(PosConfig, args)
-
-    def preflight() -> None:
-        wn_path(args.scan)
-        check_corpus(cfg.corpus, cfg.data)
-
-    return run_on_model(args, lambda loaded: run_pos(loaded, args.scan, cfg, args.out, force=args.force),
-                        "pos.json words.parquet figures/pos_excess.png figures/pos_share.png", preflight=preflight)
+    return scan_corpus_command(args, PosConfig, run_pos, "pos.json words.parquet figures/pos_excess.png figures/pos_share.png")
 
 
 def data_needs(cfg: PosConfig) -> list[str]:
