@@ -329,4 +329,4 @@ def test_cli_refuses_a_negative_cache_budget(tiny_model_dir, tmp_path, capsys):
     NeuronSet({0: torch.tensor([1])}).to_json(scan / "wn.json")
     args = ["layers", str(tiny_model_dir), "--scan", str(scan), "--out", str(tmp_path / "o")]
     assert main([*args, "--layer-cache-mb", "-1"]) == 2
-    assert "--layer-cache-mb must be >= 0" in capsys.readouterr().err
+    assert "--layer-cache-mb must be at least 0, got -1" in capsys.readouterr().err

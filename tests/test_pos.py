@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -286,8 +285,9 @@ def test_run_pos_outputs_and_independent_totals(loaded, scan_dir, corpus, tmp_pa
 
 
 def test_cli_pos(tiny_model_dir, scan_dir, corpus, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="negdiff")
-    pos.register(parser.add_subparsers())
+    from negdiff.cli import build_parser
+
+    parser = build_parser()
     out = tmp_path / "cli"
     args = parser.parse_args(["pos", str(tiny_model_dir), "--scan", str(scan_dir), "--corpus", str(corpus),
                               "--out", str(out), "--seeds", "1", "--limit-docs", "1", "--n-boot", "50",
