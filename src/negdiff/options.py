@@ -56,7 +56,7 @@ def _kind(hint: Any) -> tuple[type, type | None]:
     return hint, None
 
 
-def _parse(kind: type, flag: str, zero_all: bool = False) -> Callable[[str], Any]:
+def _parse(kind: type, zero_all: bool = False) -> Callable[[str], Any]:
     """argparse ``type=``: one value of ``kind``; a wrong value is argparse's one-line error naming the flag."""
     def convert(text: str) -> Any:
         try:
@@ -69,8 +69,8 @@ def _parse(kind: type, flag: str, zero_all: bool = False) -> Callable[[str], Any
     return convert
 
 
-def _parse_list(kind: type, flag: str) -> Callable[[str], tuple]:
-    one = _parse(kind, flag)
+def _parse_list(kind: type) -> Callable[[str], tuple]:
+    one = _parse(kind)
 
     def convert(text: str) -> tuple:
         return tuple(one(x.strip()) for x in text.split(",") if x.strip())
@@ -101,10 +101,10 @@ def add_config_args(p: argparse.ArgumentParser, config: type, skip: tuple[str, .
             else:
                 p.add_argument(flag, dest=f.name, action="store_true", help=md["help"] + " (default: off)")
         elif kind is tuple:
-            p.add_argument(flag, dest=f.name, type=_parse_list(element, flag), default=f.default, help=text,
+            p.add_argument(flag, dest=f.name, type=_parse_list(element), default=f.default, help=text,
                            metavar="A,B,...")
         else:
-            p.add_argument(flag, dest=f.name, type=_parse(kind, flag, md["zero_all"]), default=f.default, help=text,
+            p.add_argument(flag, dest=f.name, type=_parse(kind, md["zero_all"]), default=f.default, help=text,
                            choices=md["choices"], metavar=None if md["choices"] else f.name.upper())
 
 

@@ -57,7 +57,9 @@ class EvalOptions:
 
     def limit(self, task: str) -> int | None:
         """The subsample of one task: its family's limit (perplexity: --ppl-tokens instead)."""
-        return {"blimp": self.blimp_limit, "tse": self.tse_limit, "perplexity": None}.get(task, self.nongram_limit)
+        from negdiff.tasks.base import family_limit
+
+        return family_limit(task, self.blimp_limit, self.tse_limit, self.nongram_limit)
 
 
 def register(sub: Any) -> None:

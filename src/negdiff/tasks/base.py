@@ -24,6 +24,12 @@ from negdiff.scoring import ScoringConfig
 SAMPLE_RULES = ("first", "seeded")
 
 
+def family_limit(task: str, blimp: int | None, tse: int | None, nongram: int | None) -> int | None:
+    """The subsample of one task under per-family limits: BLiMP pairs per paradigm, TSE pairs per task, items
+    per non-grammatical benchmark; perplexity takes none (its size is the token budget)."""
+    return {"blimp": blimp, "tse": tse, "perplexity": None}.get(task, nongram)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Every knob of an evaluation run (defaults follow ../shared/paper.md); recorded in results."""

@@ -33,7 +33,7 @@ from negdiff.services import conditions
 from negdiff.services.conditions import Condition
 from negdiff.services.scan_outputs import load_scan
 from negdiff.tasks import expand_tasks
-from negdiff.tasks.base import EvalConfig
+from negdiff.tasks.base import EvalConfig, family_limit
 
 SYNTAX_TASKS = ("perplexity", "blimp", "tse")
 
@@ -45,7 +45,7 @@ def eval_config(cfg: AblateConfig, task: str, dose: bool = False, control: bool 
     if control:
         blimp = blimp if cfg.control_blimp_limit is None else cfg.control_blimp_limit
         tse = tse if cfg.control_tse_limit is None else cfg.control_tse_limit
-    limit = {"blimp": blimp, "tse": tse, "perplexity": None}.get(task, cfg.nongram_limit)
+    limit = family_limit(task, blimp, tse, cfg.nongram_limit)
     return EvalConfig(scoring=ScoringConfig(bos=cfg.bos, max_batch_tokens=cfg.batch_tokens), limit=limit,
                       seed=cfg.seed, n_boot=min(cfg.n_boot, 1000), ppl_window=cfg.ppl_window,
                       max_tokens=(cfg.dose_ppl_tokens if dose else cfg.ppl_tokens) if task == "perplexity" else None)

@@ -57,9 +57,9 @@ class LayersConfig:
         cheap layers run may have fewer, and then its perplexity deltas say "n too small" instead.
         """
         from negdiff.scoring import ScoringConfig
-        from negdiff.tasks.base import EvalConfig
+        from negdiff.tasks.base import EvalConfig, family_limit
 
-        limit = {"blimp": self.blimp_limit, "tse": self.tse_limit, "perplexity": None}.get(task, self.nongram_limit)
+        limit = family_limit(task, self.blimp_limit, self.tse_limit, self.nongram_limit)
         return EvalConfig(scoring=ScoringConfig(bos=self.bos, max_batch_tokens=self.batch_tokens), limit=limit,
                           seed=self.seed, n_boot=min(self.n_boot, 1000), ppl_window=self.ppl_window,
                           max_tokens=self.ppl_tokens if task == "perplexity" else None)
