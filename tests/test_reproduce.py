@@ -72,8 +72,40 @@ def test_sizes_overrides_are_checked():
         reproduce.preset_sizes("quick", {"scan": None})
 
 
+def _numeric_ticks(axis) -> bool:
+    """Whether an axis shows numbers (then it needs a label saying what and in which unit)."""
+    import re
+
+    texts = [re.sub(r"mathdefault|times|[^0-9A-Za-z]", "", t.get_text()) for t in axis.get_ticklabels()]
+    texts = [t for t in texts if t]
+    return not texts or all(re.fullmatch(r"[0-9e]+", t) for t in texts)
+
+
+def unlabelled_axes(fig) -> list[str]:
+    """Axes drawing data on a numeric axis that has no label (colorbars and blank panels skipped)."""
+    bad = []
+    for ax in fig.axes:
+        if not ax.axison or ax.get_label() == "<colorbar>" or not (ax.lines or ax.patches or ax.collections or ax.images):
+            continue
+        for name, axis, label in (("x", ax.xaxis, ax.get_xlabel()), ("y", ax.yaxis, ax.get_ylabel())):
+            if not label and _numeric_ticks(axis):
+                bad.append(f"{ax.get_title() or fig.get_suptitle() or '?'}: no {name} label")
+    return bad
+
+
 def test_interrupted_reproduce_resumes_and_reports(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("NEGDIFF_DATA", str(SHARED))
+    import matplotlib.figure
+
+    missing: list[str] = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def checked_savefig(fig, *a, **k):
+        fig.canvas.draw()  # tick labels exist only after a draw
+        missing.extend(unlabelled_axes(fig))
+        return real_savefig(fig, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", checked_savefig)
     loaded = load_model(str(tiny_model_dir))
     real = ablate.run_ablate
 
@@ -99,6 +131,8 @@ def test_interrupted_reproduce_resumes_and_reports(tiny_model_dir, tmp_path, mon
     page = (tmp_path / "report.html").read_text()
     figures = list(tmp_path.glob("*/figures/*.png"))
     assert {p.parent.parent.name for p in figures} >= {"scan", "ablate", "pairs", "pos", "layers"}
+    assert sorted(set(missing)) == []  # every numeric axis says what it shows and in which unit
+    assert all(p.with_suffix(".svg").is_file() for p in figures)
     assert page.count("data:image/png;base64,") == len(figures)
     assert "<th>condition</th>" in page and "wn_neg" in page
     import html as _html

@@ -16,6 +16,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from negdiff.results import atomic_write_with  # noqa: E402
 
+#: One look for every figure: readable tick labels at print size, light grid, no top/right frame.
+STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
+         "legend.fontsize": 7, "axes.grid": True, "grid.alpha": 0.25, "grid.linewidth": 0.5,
+         "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 110, "savefig.dpi": 110}
+plt.rcParams.update(STYLE)
+
 #: scatter collections with more points than this are embedded as pixels in the SVG (a 46k-neuron scatter as
 #: vector paths would be megabytes); axes, text and lines stay vector
 RASTER_POINTS = 2000

@@ -33,8 +33,12 @@ def delta_bars(record: dict, path: Path) -> Path:
         ax.bar(x, vals, yerr=err, capsize=3, color=["tab:red" if g.startswith("wn_neg") else "tab:gray" for g in conds])
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(x, conds, rotation=60, ha="right", fontsize=7)
-        ax.set_title({"perplexity": "Δ perplexity", "nongrammatical_mean_error": "Δ non-gram. error (pts)"}.get(m, f"Δ {m} acc (pts)"),
-                     fontsize=9)
+        ax.set_title({"perplexity": "perplexity", "nongrammatical_mean_error": "non-grammatical benchmarks"}.get(
+            m, f"{m.upper() if m == 'tse' else 'BLiMP'} accuracy"))
+        ax.set_ylabel({"perplexity": "Δ perplexity vs baseline", "nongrammatical_mean_error":
+                       "Δ mean error (points)"}.get(m, "Δ accuracy (points)"))
+    fig.suptitle("change to baseline per condition; whiskers: 95% CI (items or windows resampled, random sets "
+                 "inside; none: n < 10)", fontsize=8)
     fig.tight_layout()
     return save(fig, path)
 
@@ -75,19 +79,25 @@ def paradigm_deltas(record: dict, results: dict, path: Path) -> Path:
 
 
 def tse_deltas(record: dict, results: dict, path: Path) -> Path:
-    """Per-task TSE accuracy change of wn_neg, random_neg (seed mean) and ppl_matched_neg."""
+    """Per-task TSE accuracy change of wn_neg, random_neg (seed mean) and ppl_matched_neg, each bar with a 95%
+    normal interval over the task's items (random sets averaged per item first; no whisker under 10 items)."""
     groups = record["groups"]
     base = _acc_by(results, ["baseline"], "tse", "task")
+    tasks = results["baseline"]["items"]["tse"].set_index("item_id")["task"]
     names = [g for g in ("wn_neg", "random_neg", "ppl_matched_neg") if groups.get(g)]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     x = np.arange(len(base))
     for i, g in enumerate(names):
-        d = _acc_by(results, groups[g], "tse", "task") - base
-        ax.bar(x + (i - 1) * 0.27, 100 * d[base.index], width=0.27, label=g)
+        d = _item_diffs(results, groups[g], "tse")
+        st = d.groupby(tasks.reindex(d.index)).agg(["mean", "std", "count"]).reindex(base.index)
+        half = np.where(st["count"] >= 10, 1.96 * st["std"].fillna(0) / np.sqrt(st["count"]), 0.0)
+        ax.bar(x + (i - 1) * 0.27, 100 * st["mean"], width=0.27, yerr=100 * half, capsize=1.5, label=g,
+               error_kw={"lw": 0.7})
     ax.set_xticks(x, base.index, rotation=70, ha="right", fontsize=6)
     ax.axhline(0, color="k", lw=0.6)
-    ax.set(ylabel="Δ accuracy (points)", title="TSE tasks")
-    ax.legend(fontsize=7)
+    ax.set(ylabel="Δ accuracy vs baseline (points)",
+           title="TSE tasks (whiskers: 95% CI over the task's items; none under 10 items)")
+    ax.legend()
     return save(fig, path)
 
 
@@ -112,8 +122,8 @@ def dose_curve(record: dict, path: Path) -> Path:
     if len(base):
         axes[0].axhline(2 * base.ppl.iloc[0], color="k", ls="--", lw=0.7, label="2 x baseline")
         axes[1].axhline(100 * base.blimp.iloc[0], color="k", ls="--", lw=0.7, label="baseline")
-    axes[0].set(xscale="log", yscale="log", xlabel="% of neurons per layer", ylabel="perplexity (95% CI)")
-    axes[1].set(xscale="log", xlabel="% of neurons per layer", ylabel="BLiMP accuracy % (subsample; 95% CI)")
+    axes[0].set(xscale="log", yscale="log", xlabel="% of neurons per layer", ylabel="perplexity (log; 95% CI over windows)")
+    axes[1].set(xscale="log", xlabel="% of neurons per layer", ylabel="BLiMP accuracy (%; 95% CI over items)")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -97,7 +97,7 @@ def fig_wd(table: pd.DataFrame, record: dict, path: Path) -> Path:
     _line(ax, x, table, "wd_all_q90", color="tab:gray", ls="--", label="all neurons: 90th percentile")
     _line(ax, x, table, "wd_cohort_q50", color="tab:red", label=f"fixed cohort ({record['cohort']['n']} final WN): median")
     _line(ax, x, table, "wd_reid_q50", color="tab:orange", ls="--", label="WN re-identified per checkpoint: median")
-    ax.set(yscale="log", ylabel="WD to N(0,1)", title="Wasserstein distance over training")
+    ax.set(yscale="log", ylabel="WD to N(0,1) (σ units, log)", title="Wasserstein distance over training")
     setup_axis(ax, table, x, log)
     ax.legend(fontsize=7)
     return save(fig, path)
@@ -122,7 +122,7 @@ def fig_weight_change(table: pd.DataFrame, path: Path) -> Path:
     _line(ax, x, table, "wchange_cohort_median", color="tab:red", label="fixed cohort")
     _line(ax, x, table, "wchange_random_median", color="tab:gray", label="random layer-matched")
     _line(ax, x, table, "wchange_all_median", color="tab:blue", ls="--", label="all neurons")
-    ax.set(ylabel="median 1 - cos (vs previous)", title="Weight change of the neurons' input rows")
+    ax.set(ylabel="median 1 - cos vs previous checkpoint", title="Weight change of the neurons' input rows")
     setup_axis(ax, table, x, log)
     ax.legend(fontsize=7)
     return save(fig, path)
@@ -171,7 +171,7 @@ def fig_wd_vs_tse(table: pd.DataFrame, corr: dict[str, Any] | None, path: Path) 
     if corr and not math.isnan(corr["rho"]):
         title += (f"\nSpearman rho {corr['rho']:.2f} over {corr['n']} checkpoints (descriptive: a time series, "
                   "not independent samples; no CI)")
-    ax.set(xscale="log", xlabel="cohort median WD", ylabel="TSE accuracy (baseline)")
+    ax.set(xscale="log", xlabel="cohort median WD (σ units, log)", ylabel="TSE accuracy (baseline, fraction)")
     ax.set_title(title, fontsize=8)
     ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log range collide
     fig.colorbar(sc, ax=ax, label="checkpoint order")

@@ -11,8 +11,10 @@ import pandas as pd
 
 from negdiff.figures import plt, save
 
-HEADLINES = (("perplexity", "overall", "nll", "Δ perplexity (t, windows)", 1),
-             ("blimp", "overall", "acc", "Δ BLiMP acc (pts)", 100), ("tse", "overall", "acc", "Δ TSE acc (pts)", 100))
+HEADLINES = (("perplexity", "overall", "nll", "perplexity (t-interval over windows)", 1),
+             ("blimp", "overall", "acc", "BLiMP accuracy (items resampled)", 100), ("tse", "overall", "acc", "TSE accuracy (items resampled)", 100))
+#: The y axis of each headline panel: the change to baseline in the read-out's own unit.
+UNITS = {"perplexity": "Δ perplexity vs baseline", "blimp": "Δ accuracy (points)", "tse": "Δ accuracy (points)"}
 #: Said under every layers figure: a bar or point without a whisker had too few units for an interval.
 NO_CI = "no whisker/band: n too small (< 10 windows or items), point estimate only"
 
@@ -36,6 +38,7 @@ def group_deltas(record: dict[str, Any], deltas: pd.DataFrame, path: Path) -> Pa
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(x, [g["label"] for g in groups], rotation=45, ha="right", fontsize=7)
         ax.set_title(label, fontsize=9)
+        ax.set_ylabel(UNITS[task])
     fig.suptitle(f"WN zero_negative in one layer group at a time ({NO_CI})", fontsize=9)
     fig.tight_layout()
     return save(fig, path)
@@ -54,7 +57,7 @@ def cumulative_curves(record: dict[str, Any], deltas: pd.DataFrame, path: Path) 
             ax.fill_between(k, scale * c.ci_low, scale * c.ci_high, color=color, alpha=0.2)
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(k)
-        ax.set(xlabel="groups ablated (k)", title=label)
+        ax.set(xlabel="groups ablated (k)", ylabel=UNITS[task], title=label)
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7)
     fig.suptitle(f"WN zero_negative in groups 1..k (bottom) and n-k+1..n (top) ({NO_CI})", fontsize=9)

@@ -41,13 +41,13 @@ def neuron_panel(rows: pd.DataFrame, preacts: np.ndarray, points: pd.DataFrame, 
     for _, r in rows.iterrows():
         for y in (r["y_a"], r["y_b"]):
             ax.axvline(y, color=SIGN_COLORS[r["sign_class"]], lw=0.8, alpha=0.7)
-    ax.set(xlabel="pre-activation", ylabel="tokens", title="(b) pre-activations; top-pair values marked")
+    ax.set(xlabel="pre-activation h", ylabel="tokens (log)", title="(b) pre-activations; top-pair values marked")
     ax.title.set_fontsize(9)
     ax = axes[2]
     rest, top = points[~points.is_top], points[points.is_top]
     ax.scatter(rest.d_norm, rest.e_norm, s=3, color="0.6", alpha=0.5, label="sampled pairs")
     ax.scatter(top.d_norm, top.e_norm, s=18, color="tab:red", label="top pairs")
-    ax.set(xlabel="input distance / max", ylabel="|output difference| / median", title="(c) mapping difficulty terms")
+    ax.set(xlabel="input distance / max (ratio)", ylabel="|output difference| / median (ratio)", title="(c) mapping difficulty terms")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
@@ -64,7 +64,7 @@ def negative_share(per_layer: pd.DataFrame, path: Path) -> Path:
             r = per_layer[(per_layer.group == group) & (per_layer.measure == measure)].sort_values("layer")
             ax.plot(r.layer, 100 * r.value, "o-", ms=3, color=COLORS[group], label=group)
             ax.fill_between(r.layer, 100 * r.ci_low, 100 * r.ci_high, color=COLORS[group], alpha=0.2)
-        ax.set(xlabel="layer", ylabel="% of top pairs", title=f"top MD pairs with {label} (95% CI over neurons)")
+        ax.set(xlabel="layer", ylabel="top pairs (%)", title=f"top MD pairs with {label} (95% CI over neurons)")
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7)
     fig.tight_layout()

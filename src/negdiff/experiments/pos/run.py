@@ -168,13 +168,13 @@ def pos_figures(record: dict[str, Any], folder: Path) -> list[Path]:
     size = (max(7, 0.55 * len(tags)), 3.6)
     fig, ax = plt.subplots(figsize=size)
     _bars(ax, tags, {c: [r["tags"][t]["mean_excess"] for t in tags] for c, r in conds.items()})
-    ax.set(ylabel="excess surprisal per word (nats)", title="mean excess surprisal by gold UPOS, 95% CI resampling "
+    ax.set(ylabel="excess surprisal per word (nats)", xlabel="gold UPOS tag", title="mean excess surprisal by gold UPOS, 95% CI resampling "
            "documents (scaffolding | content; no whisker: n too small)")
     paths = [save(fig, folder / "pos_excess.png")]
     fig, ax = plt.subplots(figsize=size)
     _bars(ax, tags, {f"share of excess: {c}": [r["tags"][t]["share_excess"] for t in tags] for c, r in conds.items()},
           grey=[res["tags"][t]["share_tokens"] for t in tags])
-    ax.set(ylabel="share", title="share of the total excess surprisal vs share of tokens, by gold UPOS")
+    ax.set(ylabel="share of the total (fraction)", xlabel="gold UPOS tag", title="share of the total excess surprisal vs share of tokens, by gold UPOS")
     paths.append(save(fig, folder / "pos_share.png"))
     return paths
 

@@ -21,7 +21,7 @@ def wd_by_layer(table: pd.DataFrame, path: Path) -> Path:
         cut = [table.wd[(table.layer == layer) & table.is_wn].min() for layer in layers]
         ax.plot(layers, cut, "r_", markersize=10, label="WN cut (per layer)")
         ax.legend(loc="upper left", fontsize=8)
-    ax.set(yscale="log", xlabel="layer", ylabel="WD to N(0,1)", title="Wasserstein distance per layer")
+    ax.set(yscale="log", xlabel="layer", ylabel="WD to N(0,1) (σ units, log)", title="Wasserstein distance per layer")
     return save(fig, path)
 
 
@@ -32,7 +32,7 @@ def wn_per_layer(table: pd.DataFrame, path: Path) -> Path:
     x = counts.index.to_numpy()
     ax.bar(x - 0.2, counts.is_wn, width=0.4, label="per layer (default)")
     ax.bar(x + 0.2, counts.is_wn_global, width=0.4, label="global")
-    ax.set(xlabel="layer", ylabel="WN", title="Wasserstein neurons per layer, both scopes")
+    ax.set(xlabel="layer", ylabel="Wasserstein neurons (count)", title="Wasserstein neurons per layer, both scopes")
     ax.legend(fontsize=8)
     return save(fig, path)
 
@@ -49,6 +49,7 @@ def histograms(samples: dict[str, np.ndarray], path: Path) -> Path:
         ax.axvline(0, color="k", lw=0.6)
         ax.set_title(name, fontsize=9)
         ax.set_yscale("log")
+        ax.set(xlabel="pre-activation h", ylabel="tokens (log)")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle("pre-activation histograms (first windows)", fontsize=10)
@@ -66,7 +67,7 @@ def wd_sides(table: pd.DataFrame, path: Path) -> Path:
     ax.scatter(wn.wd_pos_raw, wn.wd_neg_raw, s=8, color="tab:red", label="WN")
     hi = float(max(table.wd_pos_raw.max(), table.wd_neg_raw.max()))
     ax.plot([0, hi], [0, hi], "k--", lw=0.7)
-    ax.set(xlabel="wd_pos_raw (W1 over h > 0)", ylabel="wd_neg_raw (W1 over h < 0)",
+    ax.set(xlabel="wd_pos_raw: W1 over h > 0 (σ units)", ylabel="wd_neg_raw: W1 over h < 0 (σ units)",
            title="W1 in the raw negative vs positive region")
     ax.legend(fontsize=8)
     return save(fig, path)
@@ -79,7 +80,7 @@ def md_vs_wd(table: pd.DataFrame, path: Path) -> Path:
     ax.scatter(ok.wd[~ok.is_wn], ok.md[~ok.is_wn], s=2, alpha=0.3, color="tab:gray", label="all neurons")
     ax.scatter(ok.wd[ok.is_wn], ok.md[ok.is_wn], s=8, color="tab:red", label="WN")
     rho = ok[["wd", "md"]].corr(method="spearman").iloc[0, 1] if len(ok) > 2 else float("nan")
-    ax.set(xscale="log", yscale="log", xlabel="WD", ylabel="mapping difficulty", title=f"MD vs WD (Spearman {rho:.2f})")
+    ax.set(xscale="log", yscale="log", xlabel="WD to N(0,1) (σ units, log)", ylabel="mapping difficulty (ratio, log)", title=f"MD vs WD (Spearman {rho:.2f})")
     ax.legend(fontsize=8)
     return save(fig, path)
 
