@@ -30,7 +30,15 @@ POST_MODES = {
     "identity_positive": "act(h) -> h where h > 0 (negative inputs keep the original activation)",
     "abs_negative_output": "act(h) -> |act(h)| (negative outputs made positive)",
 }
-MODES = {**PRE_MODES, **POST_MODES}
+#: Gated MLPs only: zero the contribution act(h) x u of one sign quadrant of gate h and up factor u
+#: (negdiff.gate_up; the neuron stays defined at the gate).
+QUADRANT_MODES = {
+    "zero_gate_neg_up_pos": "act(h) x u -> 0 where h < 0 and u > 0",
+    "zero_gate_neg_up_neg": "act(h) x u -> 0 where h < 0 and u < 0",
+    "zero_gate_pos_up_pos": "act(h) x u -> 0 where h > 0 and u > 0",
+    "zero_gate_pos_up_neg": "act(h) x u -> 0 where h > 0 and u < 0",
+}
+MODES = {**PRE_MODES, **POST_MODES, **QUADRANT_MODES}
 #: Modes a neuron file can drive: ``mean`` needs per-neuron values, which a neuron set does not carry (API only).
 SET_MODES = tuple(m for m in MODES if m != "mean")
 

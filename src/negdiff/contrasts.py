@@ -279,3 +279,11 @@ def ppl_cell(iv: Interval, base_ppl: float) -> dict[str, Any]:
     if iv.ci is not None:
         out.update(ci_low=base_ppl * float(np.expm1(iv.ci[0])), ci_high=base_ppl * float(np.expm1(iv.ci[1])))
     return out
+
+
+def interval_cell(iv: Interval) -> dict[str, Any]:
+    """An interval as a table cell: the estimate as ``diff``, its CI as ``ci_low``/``ci_high`` (absent: n too small)."""
+    out = {"diff": iv.estimate, "n": iv.n, "units": iv.units, "method": iv.method, "interval": iv.to_dict()}
+    if iv.ci is not None:
+        out.update(ci_low=iv.ci[0], ci_high=iv.ci[1])
+    return out

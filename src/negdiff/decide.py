@@ -216,3 +216,41 @@ def _state(c: Claim, p: float | None, p_adj: float, adj_mcse: float, p_opp: floa
     if _equivalent(c):
         return "does not hold"
     return "inconclusive"
+
+
+def claim_lines(claims: list[dict[str, Any]]) -> list[str]:
+    """One line per claim: verdict, deciding estimate with unadjusted CI, adjusted p, MDE, the other read-out."""
+    out = []
+    for c in claims:
+        line = f"- {c['verdict'].upper()}: {c['claim']}"
+        if c.get("estimate") is not None and c.get("ci"):
+            line += (f" [{c['readout']}: {c['estimate']:+.4g} {c['unit']}, 95% CI (unadjusted) "
+                     f"[{c['ci'][0]:+.4g}, {c['ci'][1]:+.4g}], n = {c['n']} {c['units']}")
+            if c.get("p_adjusted") is not None:
+                line += f", Holm p = {c['p_adjusted']:.3g}"
+            if c.get("mde") is not None:
+                line += f", MDE(80%) = {c['mde']:.3g}"
+            line += "]"
+        elif c.get("estimate") is not None:
+            line += f" [{c['readout']}: {c['estimate']:+.4g} {c['unit']}, n = {c['n']} {c['units']}: n too small]"
+        for h in c.get("halves", []):
+            if h.get("ci"):
+                line += (f"; {h['id']} ({h['readout']}): {h['estimate']:+.4g} {h['unit']}, 95% CI (unadjusted) "
+                         f"[{h['ci'][0]:+.4g}, {h['ci'][1]:+.4g}], one-sided p = {h['p_one_sided']:.3g}, "
+                         f"MDE(80%) = {h['mde']:.3g}")
+        if c.get("p_adjusted") is not None and c.get("halves"):
+            line += f"; Holm p = {c['p_adjusted']:.3g}"
+        for name, a in (c.get("also") or {}).items():
+            if a.get("ci"):
+                line += (f"; {name}: {100 * a['estimate']:+.1f} pts, 95% CI (unadjusted) "
+                         f"[{100 * a['ci'][0]:+.1f}, {100 * a['ci'][1]:+.1f}]")
+        if c.get("readouts_disagree_in_sign"):
+            line += " (read-outs disagree in sign)"
+        if c.get("ruled_out"):
+            line += f"; rules out {c['ruled_out']}"
+        if c.get("gate"):
+            line += f"; {c['gate']}"
+        if c.get("note"):
+            line += f"; {c['note']}"
+        out.append(line)
+    return out

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from negdiff.choices import MODES, PRE_MODES
+from negdiff import gate_up
+from negdiff.choices import MODES, PRE_MODES, QUADRANT_MODES
 from negdiff.errors import NegdiffError
 from negdiff.neuronset import NeuronSet, NeuronSetLike
 from negdiff.sites import Site, resolve
@@ -148,6 +149,7 @@ def intervene(
     model, sites = unwrap(model, sites, "intervene")
     neurons = NeuronSet.coerce(neurons)
     neurons.validate(sites)
+    gate_up.check_gated(sites, mode)
     if mode == "mean":
         if values is None:
             raise NegdiffError("mode 'mean' needs per-neuron values (values={layer: tensor})")
@@ -168,7 +170,9 @@ def intervene(
                     cache[dev] = idx_cpu.to(dev)
                 return cache[dev]
 
-            if mode in PRE_MODES:
+            if mode in QUADRANT_MODES:
+                handles += gate_up.register(site, on_device, mode, lambda fn: _EditHook(record, fn))
+            elif mode in PRE_MODES:
                 vals = None if values is None else torch.as_tensor(values[site.layer])
 
                 def pre_hook(_mod, args, on_device=on_device, vals=vals):

@@ -32,9 +32,10 @@ class SiteRule:
     proj: str  # path of the projection producing the pre-activation (its input is the MLP input)
     proj_layout: str = "linear"
     gated: bool = False  # SwiGLU/GeGLU: the activation output is multiplied by an up projection
+    up: str | None = None  # path of the up projection (gated, unfused); fused layouts carry it in ``proj``
 
 
-_LLAMA_LIKE = SiteRule("model.layers", "mlp.act_fn", "mlp.gate_proj", gated=True)
+_LLAMA_LIKE = SiteRule("model.layers", "mlp.act_fn", "mlp.gate_proj", gated=True, up="mlp.up_proj")
 
 REGISTRY: dict[str, SiteRule] = {
     "gpt2": SiteRule("transformer.h", "mlp.act", "mlp.c_fc", proj_layout="conv1d"),
@@ -69,6 +70,9 @@ class Site:
     proj_module: nn.Module
     proj_layout: str = "linear"
     gated: bool = False
+    #: the module whose output holds the up factor: the up projection, or the fused gate+up projection (its
+    #: second half); None for ungated MLPs
+    up_module: nn.Module | None = None
 
     @property
     def name(self) -> str:
@@ -169,6 +173,7 @@ def resolve(model: nn.Module) -> list[Site]:
                 proj_module=proj,
                 proj_layout=rule.proj_layout,
                 gated=rule.gated,
+                up_module=_get(block, rule.up) if rule.up else (proj if rule.proj_layout == "fused_gate_up" else None),
             )
         )
     if not sites:

@@ -31,8 +31,9 @@ CAPTIONS = {
               "perplexity-matched set is the paper's comparison.",
     "blimp_paradigms": "BLiMP accuracy change by phenomenon (the 12 terms grouping the 67 paradigms), wn_neg against "
                        "its control, 95% CIs over items: which phenomena carry the damage.",
-    "tse_tasks": "TSE accuracy change per task under wn_neg (points).",
-    "dose": "Dose response: the change as the WN fraction grows, with 95% CIs.",
+    "tse_tasks": "TSE accuracy change per task (points), wn_neg against its controls, 95% CIs over each task's items.",
+    "dose_response": "Dose response: perplexity and BLiMP accuracy as the fraction of top-WD neurons negative-zeroed "
+                     "grows, random neurons beside, 95% CIs: where do the curves part?",
     "negative_share": "Share of each neuron's top mapping-difficulty pairs with both pre-activations below zero, "
                       "per layer, WN against random neurons.",
     "pos_excess": "Excess surprisal per word by gold part of speech under each ablation, with 95% CIs.",
@@ -40,6 +41,8 @@ CAPTIONS = {
     "group_deltas": "Each layer group ablated alone: where in depth the damage sits.",
     "cumulative": "Groups ablated cumulatively from the bottom and from the top: does the damage add up?",
     "phenomenon_heatmap": "Accuracy change by BLiMP phenomenon and layer group.",
+    "quadrant_deltas": "Gated MLPs: one sign quadrant of act(gate) x up zeroed at a time, on the WN (red) and on "
+                       "random neurons (grey), 95% CIs: which quadrant carries the WN's negative-region harm?",
 }
 
 CSS = """
@@ -106,15 +109,39 @@ def figures(folder: Path) -> str:
 
 
 def findings(lines: list[str]) -> str:
-    """Summary lines as a wrapped list: a label before a run of spaces is set in bold, columns collapse."""
-    items = []
-    for line in lines:
-        if not line.strip() or line.startswith("|"):
+    """Summary lines as HTML: a Markdown table as a table, a claim line ("- HOLDS: ...") with its verdict badge,
+    other lines as a wrapped list where a label before a run of spaces is set in bold and columns collapse."""
+    from negdiff.decide import STATES
+
+    out, items, table = [], [], []
+
+    def flush() -> None:
+        if items:
+            out.append(f'<ul class="findings">{"".join(items)}</ul>')
+            items.clear()
+        if table:
+            out.append(md_table("\n".join(table)))
+            table.clear()
+
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            if items:
+                flush()
+            table.append(line)
+            continue
+        if table:
+            flush()
+        if not line.strip():
+            continue
+        head, _, rest = line.removeprefix("- ").partition(": ")
+        if line.startswith("- ") and head.lower() in STATES:
+            items.append(f"<li>{badge(head.lower())} {esc(rest)}</li>")
             continue
         parts = re.split(r"\s{2,}", line.strip(), maxsplit=1)
         text = f"<b>{esc(parts[0])}</b> {esc(re.sub(r' {2,}', ' ', parts[1]))}" if len(parts) == 2 else esc(parts[0])
         items.append(f"<li>{text}</li>")
-    return f'<ul class="findings">{"".join(items)}</ul>'
+    flush()
+    return "".join(out)
 
 
 _CELL = re.compile(r"^(?P<value>[^()]+?)\s*\((?P<delta>.+)\)$")

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from negdiff.bootstrap import N_BOOT
-from negdiff.contrasts import NONGRAM, Contrasts, ppl_cell, readouts_of
-from negdiff.decide import ALPHA, Claim, decide
+from negdiff.contrasts import NONGRAM, Contrasts, interval_cell, ppl_cell, readouts_of
+from negdiff.decide import ALPHA, Claim, claim_lines, decide
 from negdiff.runs import write_record
 
 #: The declared protocol (docs/protocol.md): deciding read-outs, equivalence margins, matching tolerance.
@@ -92,13 +92,13 @@ def analyze(results: dict[str, dict], conditions: list, search: dict, dose: list
                 if g == "baseline":
                     continue
                 iv = con.interval(t, r, "baseline", g)
-                delta.setdefault(g, {})[key] = ppl_cell(iv, base_ppl) if t == "perplexity" else _cell(iv)
+                delta.setdefault(g, {})[key] = ppl_cell(iv, base_ppl) if t == "perplexity" else interval_cell(iv)
         ng = [t for t in NONGRAM if t in tasks]
         if ng:
             value[g]["nongrammatical_mean_error"] = {"value": float(np.mean([1 - value[g][t]["value"] for t in ng])),
                                                      "n": sum(value[g][t]["n"] for t in ng)}
             if g != "baseline":
-                delta[g]["nongrammatical_mean_error"] = _cell(con.mean_error("baseline", g, ng))
+                delta[g]["nongrammatical_mean_error"] = interval_cell(con.mean_error("baseline", g, ng))
     check = match_check(con, search, PROTOCOL["ppl_matched_tolerance"]) if "ppl_matched_neg" in groups else None
     claims = decide(build_claims(con, items, groups, check), PROTOCOL["alpha"])
     exploratory = {}
@@ -115,13 +115,6 @@ def analyze(results: dict[str, dict], conditions: list, search: dict, dose: list
             "ppl_matched_check": check, "exploratory": exploratory,
             "dose": {"rows": dose, "ppl_doubles_at": _doubling(dose)},
             "set_sizes": {c.name: c.neurons.size for c in conditions}}
-
-
-def _cell(iv) -> dict[str, Any]:
-    out = {"diff": iv.estimate, "n": iv.n, "units": iv.units, "method": iv.method, "interval": iv.to_dict()}
-    if iv.ci is not None:
-        out.update(ci_low=iv.ci[0], ci_high=iv.ci[1])
-    return out
 
 
 def build_claims(con: Contrasts, items: dict, groups: dict[str, list[str]], check: dict | None) -> list[Claim]:
@@ -260,44 +253,6 @@ def table_markdown(record: dict[str, Any]) -> str:
                  "NLL differences, shown as Δppl; items: stratified paired bootstrap; random_neg: mean ± sd over sets, "
                  "its CI includes the between-set variance.")
     return "\n".join(lines)
-
-
-def claim_lines(claims: list[dict[str, Any]]) -> list[str]:
-    """One line per claim: verdict, deciding estimate with unadjusted CI, adjusted p, MDE, the other read-out."""
-    out = []
-    for c in claims:
-        line = f"- {c['verdict'].upper()}: {c['claim']}"
-        if c.get("estimate") is not None and c.get("ci"):
-            line += (f" [{c['readout']}: {c['estimate']:+.4g} {c['unit']}, 95% CI (unadjusted) "
-                     f"[{c['ci'][0]:+.4g}, {c['ci'][1]:+.4g}], n = {c['n']} {c['units']}")
-            if c.get("p_adjusted") is not None:
-                line += f", Holm p = {c['p_adjusted']:.3g}"
-            if c.get("mde") is not None:
-                line += f", MDE(80%) = {c['mde']:.3g}"
-            line += "]"
-        elif c.get("estimate") is not None:
-            line += f" [{c['readout']}: {c['estimate']:+.4g} {c['unit']}, n = {c['n']} {c['units']}: n too small]"
-        for h in c.get("halves", []):
-            if h.get("ci"):
-                line += (f"; {h['id']} ({h['readout']}): {h['estimate']:+.4g} {h['unit']}, 95% CI (unadjusted) "
-                         f"[{h['ci'][0]:+.4g}, {h['ci'][1]:+.4g}], one-sided p = {h['p_one_sided']:.3g}, "
-                         f"MDE(80%) = {h['mde']:.3g}")
-        if c.get("p_adjusted") is not None and c.get("halves"):
-            line += f"; Holm p = {c['p_adjusted']:.3g}"
-        for name, a in (c.get("also") or {}).items():
-            if a.get("ci"):
-                line += (f"; {name}: {100 * a['estimate']:+.1f} pts, 95% CI (unadjusted) "
-                         f"[{100 * a['ci'][0]:+.1f}, {100 * a['ci'][1]:+.1f}]")
-        if c.get("readouts_disagree_in_sign"):
-            line += " (read-outs disagree in sign)"
-        if c.get("ruled_out"):
-            line += f"; rules out {c['ruled_out']}"
-        if c.get("gate"):
-            line += f"; {c['gate']}"
-        if c.get("note"):
-            line += f"; {c['note']}"
-        out.append(line)
-    return out
 
 
 def table_lines(record: dict[str, Any]) -> list[str]:

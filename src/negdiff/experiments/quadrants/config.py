@@ -1,0 +1,58 @@
+"""What decides the quadrant step's numbers: :class:`QuadrantsConfig`, whose fields are the flags of
+``negdiff quadrants`` (torch-free, so the command line is built without the machinery)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from negdiff.bootstrap import MIN_UNITS, N_BOOT
+from negdiff.bos import BOS_POLICIES
+from negdiff.errors import NegdiffError
+from negdiff.options import opt
+from negdiff.runs import check_counts
+
+
+@dataclass
+class QuadrantsConfig:
+    """Sizes of the quadrant run. Defaults: 1 + 4 x (1 + 5) = 25 conditions on perplexity, BLiMP and TSE; about
+    50 s each on SmolLM2-135M with 2 threads, so ~20 minutes."""
+
+    tasks: tuple[str, ...] = opt(("perplexity", "blimp", "tse"), "tasks or aliases")
+    seeds: int = opt(5, "random layer-matched sets per quadrant (the same sets in every quadrant; paper.md: >= 5)")
+    blimp_limit: int | None = opt(20, "pairs per BLiMP paradigm (67 paradigms)", zero_all=True)
+    tse_limit: int | None = opt(20, "pairs per TSE task (22 tasks)", zero_all=True)
+    ppl_tokens: int | None = opt(8192, "perplexity: tokens in a seeded subset of WikiText-2 valid windows",
+                                 zero_all=True)
+    ppl_window: int = opt(512, "tokens per perplexity window (>= 10 windows give an interval)")
+    n_boot: int = opt(N_BOOT, "bootstrap replicates")
+    seed: int = opt(0, "subsampling and bootstrap seed")
+    batch_tokens: int | None = opt(None, "padded tokens per forward pass", shown="256 on CPU, 16384 on CUDA")
+    bos: str = opt("prefix", "BOS policy", choices=BOS_POLICIES)
+
+    def __post_init__(self) -> None:
+        """Refuse sizes whose statistics would mean nothing, before any model work."""
+        check_counts(self, (("--seeds", "seeds"), ("--blimp-limit", "blimp_limit"), ("--tse-limit", "tse_limit"),
+                            ("--ppl-tokens", "ppl_tokens"), ("--n-boot", "n_boot"), ("--batch-tokens", "batch_tokens")))
+        if self.ppl_window < 16:
+            raise NegdiffError(f"--ppl-window must be >= 16 tokens, got {self.ppl_window}")
+        if self.ppl_tokens is not None and self.ppl_tokens // self.ppl_window < MIN_UNITS:
+            raise NegdiffError(f"--ppl-tokens {self.ppl_tokens} gives {self.ppl_tokens // self.ppl_window} windows of "
+                               f"{self.ppl_window}; perplexity intervals need >= {MIN_UNITS}: raise --ppl-tokens to "
+                               f"{MIN_UNITS * self.ppl_window} or shorten --ppl-window")
+        if self.n_boot < 1000:
+            raise NegdiffError(f"--n-boot must be >= 1000 (decisions use >= {N_BOOT}), got {self.n_boot}")
+
+    def eval_config(self, task: str) -> Any:
+        """The EvalConfig of one task: each task family its own subsample size."""
+        from negdiff.scoring import ScoringConfig
+        from negdiff.tasks.base import EvalConfig, family_limit
+
+        return EvalConfig(scoring=ScoringConfig(bos=self.bos, max_batch_tokens=self.batch_tokens),
+                          limit=family_limit(task, self.blimp_limit, self.tse_limit, None), seed=self.seed,
+                          n_boot=min(self.n_boot, 1000), ppl_window=self.ppl_window,
+                          max_tokens=self.ppl_tokens if task == "perplexity" else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
