@@ -22,7 +22,7 @@ from negdiff.steps import all_steps
 
 #: the arguments each command needs besides its options
 REQUIRED = {"scan": ["m"], "ablate": ["m", "--scan", "s"], "pairs": ["m", "--scan", "s"], "pos": ["m", "--scan", "s"],
-            "layers": ["m", "--scan", "s"], "quadrants": ["m", "--scan", "s"], "dynamics": ["--checkpoints", "c"], "train-mini": [], "eval": ["m", "--tasks", "blimp"]}
+            "layers": ["m", "--scan", "s"], "quadrants": ["m", "--scan", "s"], "stability": ["m"], "dynamics": ["--checkpoints", "c"], "train-mini": [], "eval": ["m", "--tasks", "blimp"]}
 CONFIGS = {**{s.name: s.config for s in all_steps()}, "eval": EvalOptions}
 
 
@@ -42,7 +42,7 @@ def _flagged(config: type) -> list[dataclasses.Field]:
 
 def test_every_step_is_a_command_with_a_config():
     assert set(REQUIRED) == set(CONFIGS)
-    assert [s.name for s in all_steps()] == ["scan", "ablate", "pairs", "pos", "layers", "quadrants", "dynamics", "train-mini"]
+    assert [s.name for s in all_steps()] == ["scan", "ablate", "pairs", "pos", "layers", "quadrants", "stability", "dynamics", "train-mini"]
 
 
 @pytest.mark.parametrize("command", sorted(CONFIGS))

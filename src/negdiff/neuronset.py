@@ -168,6 +168,12 @@ class NeuronSet:
             out[k] = idx[keep]
         return NeuronSet(out)
 
+    def jaccard(self, other: NeuronSet) -> float:
+        """|a & b| / |a | b| over (layer, neuron) pairs; NaN when both are empty (nothing to compare)."""
+        sa, sb = set(self), set(other)
+        union = len(sa | sb)
+        return float("nan") if union == 0 else len(sa & sb) / union
+
     def restrict(self, layers: Iterable[int]) -> NeuronSet:
         """Only the given layers (layer-group ablations)."""
         keep = {int(x) for x in layers}

@@ -14,7 +14,7 @@ from negdiff.errors import NegdiffError
 from negdiff.runs import Step
 
 #: experiment packages, in pipeline order
-STEP_PACKAGES = ("scan", "ablate", "pairs", "pos", "layers", "quadrants", "dynamics", "train_mini")
+STEP_PACKAGES = ("scan", "ablate", "pairs", "pos", "layers", "quadrants", "stability", "dynamics", "train_mini")
 
 
 @cache

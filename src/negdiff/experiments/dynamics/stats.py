@@ -20,10 +20,8 @@ QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 def jaccard(a: NeuronSet, b: NeuronSet) -> float:
-    """|a & b| / |a | b| over (layer, neuron) pairs; NaN when both are empty (nothing to compare)."""
-    sa, sb = set(a), set(b)
-    union = len(sa | sb)
-    return float("nan") if union == 0 else len(sa & sb) / union
+    """:meth:`NeuronSet.jaccard` (kept as a function for the dynamics tables)."""
+    return a.jaccard(b)
 
 
 def cos_dissimilarity(prev: torch.Tensor, cur: torch.Tensor) -> np.ndarray:
