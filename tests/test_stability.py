@@ -44,6 +44,7 @@ def test_merging_a_shard_k_times_is_reading_its_data_k_times():
     once = sstats.merged(shards).result()
     np.testing.assert_allclose(once["wd"], _acc(base, a, b).result()["wd"], rtol=1e-9)
     assert not np.allclose(once["mean"], got["mean"])  # the multiplicity changed the statistics
+    np.testing.assert_allclose(sstats.merged(shards).wd(), once["wd"], rtol=1e-12)  # wd() is result()["wd"]
 
 
 def test_multiplicities_are_seeded_bootstrap_draws():

@@ -56,7 +56,7 @@ import torch
 
 from negdiff.errors import NegdiffError
 from negdiff.stats_kernels import _batch_moments, _colsum64, add_cpu, first_batch
-from negdiff.w1 import exact_wd, exact_wd_split, sampled_wd, split_integrals  # noqa: F401  (references re-exported)
+from negdiff.w1 import _interval_terms, exact_wd, exact_wd_split, sampled_wd, split_integrals  # noqa: F401  (references re-exported)
 
 FORMAT = "negdiff.neuronstats/1"
 _ONE_BITS = 0x3F800000  # float32 bit pattern of 1.0
@@ -320,6 +320,28 @@ class NeuronStats:
 
     def _wd_chunk(self, sl: slice, std: torch.Tensor) -> dict[str, torch.Tensor]:
         """W1 pieces for neurons ``sl``: build the intervals of the piecewise-linear CDF and integrate."""
+        return split_integrals(*self._intervals(sl, std))
+
+    @torch.no_grad()
+    def wd(self, chunk_elements: int = 2**20) -> np.ndarray:
+        """Only ``result()["wd"]`` (same values), without the splits: what a selection by wd needs, several
+        times cheaper (a shard bootstrap recomputes it for every replicate)."""
+        if self.n == 0:
+            return np.full(self.width, np.nan)
+        std = (self._state["m2"] / self.n).sqrt()
+        ok = std > 0
+        step = max(1, chunk_elements // self.n_bins)
+        parts = []
+        for lo in range(0, self.width, step):
+            sl = slice(lo, min(self.width, lo + step))
+            a, b, left, right, n, _, _ = self._intervals(sl, torch.where(ok[sl], std[sl], 1.0))
+            neg_t, pos_t = _interval_terms(a, b, left, right, n)
+            parts.append((neg_t + pos_t).sum(1))
+        return torch.cat(parts).masked_fill(~ok, math.nan).to("cpu", torch.float64).numpy()
+
+    def _intervals(self, sl: slice, std: torch.Tensor) -> tuple:
+        """The piecewise-linear CDF of neurons ``sl`` as intervals [a, b] with counts at their ends (z units),
+        plus n, the image z0 of h = 0 and the raw-negative count: the arguments of ``split_integrals``."""
         st, n, dev, f64 = self._state, self.n, self.device, torch.float64
         mean = st["mean"][sl, None]
         std = std[:, None]
@@ -331,9 +353,16 @@ class NeuronStats:
         q = torch.arange(self.octaves * m + 1, device=dev, dtype=f64)
         v1 = torch.exp2(torch.floor(q / m)) * (1.0 + torch.remainder(q, m) / m) - 1.0  # |t| at octave-bin edges
         t_edges = torch.cat([-v1.flip(0), v1[1:]]) * self.center_width
+        counts = st["counts"][sl].long()
+        # Only the bins some neuron of the chunk occupies: below and above them F is constant (all of the
+        # underflow / everything up to the last bin), so the empty bins merge into the neighbouring intervals
+        # exactly; heavy-tailed grids are mostly empty, and this skips most of the work.
+        occupied = counts[:, 1:-1].any(0).nonzero().flatten()
+        lo_bin, hi_bin = (int(occupied[0]), int(occupied[-1])) if len(occupied) else (0, 0)
+        t_edges = t_edges[lo_bin: hi_bin + 2]
+        counts = torch.cat([counts[:, :1], counts[:, 1 + lo_bin: 2 + hi_bin], counts[:, -1:]], 1)
         zmin, zmax = to_z(st["min"][sl, None]), to_z(st["max"][sl, None])
         e = to_z(st["center"][sl, None] + st["scale"][sl, None] * t_edges[None, :]).clamp(zmin, zmax)
-        counts = st["counts"][sl].long()
         cum = counts.cumsum(1)  # cum[:, j] = number of values in bins 0..j
         n_under, n_over = counts[:, :1], counts[:, -1:]
         mu_u = torch.where(n_under > 0, to_z(st["under_sum"][sl, None] / n_under.clamp(min=1)), e[:, :1])
@@ -350,7 +379,7 @@ class NeuronStats:
         zero, full, last = torch.zeros_like(n_under), torch.full_like(n_under, n), cum[:, -2:-1]
         left = torch.cat([zero, n_under, cum[:, :-2], last, full], 1)
         right = torch.cat([zero, n_under, cum[:, 1:-1], last, full], 1)
-        return split_integrals(a, b, left.to(f64), right.to(f64), float(n), z0, st["neg"][sl, None].to(f64))
+        return a, b, left.to(f64), right.to(f64), float(n), z0, st["neg"][sl, None].to(f64)
 
 
 def _raise_nonfinite(x: torch.Tensor) -> None:

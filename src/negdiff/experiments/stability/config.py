@@ -28,7 +28,7 @@ class StabilityConfig:
     compare_tokens: int = opt(65_536, "largest budget read from each compared corpus")
     window: int | None = opt(None, "tokens per window", shown="min(2048, the model's max length), as the scan")
     shards: int = opt(16, "contiguous shards of the bootstrapped corpus (>= 10: the resampling units)")
-    replicates: int = opt(100, "shard-bootstrap replicates")
+    replicates: int = opt(50, "shard-bootstrap replicates")
     fraction: float = opt(0.01, "fraction of each layer selected as WN")
     criterion: str = opt("wd", "what ranks the neurons", choices=STAT_CRITERIA)
     bins_per_octave: int = opt(32, "histogram resolution of the per-shard accumulators (memory: shards x this)")

@@ -34,7 +34,8 @@ def merged(shards: list[NeuronStats], counts: np.ndarray | None = None) -> Neuro
 
 def table_of(layers: list[NeuronStats], criterion: str) -> pd.DataFrame:
     """The (layer, neuron, criterion) table a selection reads, from one accumulator per layer."""
-    frames = [pd.DataFrame({"layer": i, "neuron": np.arange(acc.width), criterion: acc.result()[criterion]})
+    frames = [pd.DataFrame({"layer": i, "neuron": np.arange(acc.width),
+                            criterion: acc.wd() if criterion == "wd" else acc.result()[criterion]})
               for i, acc in enumerate(layers)]
     return pd.concat(frames, ignore_index=True)
 
