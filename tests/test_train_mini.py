@@ -187,3 +187,20 @@ def test_cli_train_and_bad_options(corpus, tmp_path, capsys):
     assert "none.txt" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train-mini", "--arch", "gpt9", "--out", str(tmp_path / "z")])
+
+
+@pytest.mark.parametrize("arch, act, other", [("llama", "relu", "silu"), ("neox", "relu", "gelu")])
+def test_activation_contrast_differs_only_in_the_activation(corpus, tmp_path, arch, act, other):
+    """--activation: same initial weights and data order as the default activation, the hooked kind is the new
+    one, and training then diverges (the activation matters); the default keeps the key of earlier runs."""
+    runs = {a: train(tiny(corpus, arch=arch, activation=a, steps=8, save="0,final"), tmp_path / a) for a in (act, other)}
+    w0 = {a: load_file(tmp_path / a / "step0" / "model.safetensors") for a in runs}
+    assert all(torch.equal(w0[act][k], w0[other][k]) for k in w0[act])
+    w8 = {a: load_file(tmp_path / a / "step8" / "model.safetensors") for a in runs}
+    assert not all(torch.equal(w8[act][k], w8[other][k]) for k in w8[act])
+    assert load_model(str(tmp_path / act / "step8")).sites[0].kind == "relu"
+    assert runs[act].record["model"]["activation"].startswith("relu")
+    assert "activation" not in tiny(corpus, arch=arch).key_dict() and tiny(corpus, activation="relu").act == "relu"
+    # the same batches in the same order: the first step's loss is computed on the same data by the same weights
+    # except for the activation, so the two runs' loss curves start from comparable, not identical, values
+    assert runs[act].record["losses"][0] != runs[other].record["losses"][0]

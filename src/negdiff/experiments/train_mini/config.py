@@ -12,6 +12,10 @@ from negdiff.errors import NegdiffError
 from negdiff.options import opt
 
 ARCHS = ("llama", "neox")
+#: MLP activations a model can be trained with (relu: the OPT-like contrast; with --arch llama it is ReGLU)
+ACTIVATIONS = ("silu", "gelu", "relu")
+#: each architecture's own activation (Llama's SwiGLU, Pythia's GELU)
+DEFAULT_ACTIVATION = {"llama": "silu", "neox": "gelu"}
 
 
 def save_steps(steps: int, save: str, first: int = 16) -> list[int]:
@@ -41,7 +45,10 @@ class TrainConfig:
     """
 
     corpus: str = opt("train-corpus", "train-corpus or a .txt/.txt.gz/.jsonl file")
-    arch: str = opt("llama", "llama: SiLU gated MLP; neox: GELU", choices=ARCHS)
+    arch: str = opt("llama", "llama: gated MLP (act(gate) x up); neox: ungated, as Pythia", choices=ARCHS)
+    activation: str | None = opt(None, "MLP activation (the activation contrast: same data order, seed, width and "
+                                 "steps, only this differs)", choices=ACTIVATIONS,
+                                 shown="silu for llama (SwiGLU), gelu for neox")
     tokenizer: str = opt("train", "train (a BPE on the corpus), default (the embedded model's 49,152 tokens; ~5x "
                          "slower) or a tokenizer folder")
     vocab: int = opt(8192, "BPE vocabulary size")
@@ -63,7 +70,21 @@ class TrainConfig:
     first_save: int = opt(16, "first log-spaced step")
     val_windows: int = opt(32, "held-out windows")
 
+    @property
+    def act(self) -> str:
+        """The activation the model is built with."""
+        return self.activation or DEFAULT_ACTIVATION[self.arch]
+
+    def key_dict(self) -> dict[str, Any]:
+        """The settings hashed into the run's key (an unset --activation leaves the key of earlier runs as it was)."""
+        out = self.to_dict()
+        if out["activation"] is None:
+            del out["activation"]
+        return out
+
     def __post_init__(self) -> None:
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise NegdiffError(f"--activation: unknown activation '{self.activation}'; choose {', '.join(ACTIVATIONS)}")
         if self.arch not in ARCHS:
             raise NegdiffError(f"--arch: unknown architecture '{self.arch}'; choose llama or neox")
         for name in ("vocab", "tokenizer_chars", "d_model", "layers", "heads", "seq_len", "batch", "steps",

@@ -73,9 +73,9 @@ def build_model(cfg: TrainConfig, tokenizer):
                   tie_word_embeddings=True, bos_token_id=sep, eos_token_id=tokenizer.eos_token_id or sep,
                   pad_token_id=tokenizer.pad_token_id, attention_dropout=0.0)
     if cfg.arch == "llama":
-        config = T.LlamaConfig(**common, num_key_value_heads=cfg.heads, hidden_act="silu")
+        config = T.LlamaConfig(**common, num_key_value_heads=cfg.heads, hidden_act=cfg.act)
         return T.LlamaForCausalLM(config)
-    config = T.GPTNeoXConfig(**common, hidden_act="gelu", rotary_pct=0.25, use_parallel_residual=True, hidden_dropout=0.0)
+    config = T.GPTNeoXConfig(**common, hidden_act=cfg.act, rotary_pct=0.25, use_parallel_residual=True, hidden_dropout=0.0)
     return T.GPTNeoXForCausalLM(config)
 
 
@@ -185,7 +185,7 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", force: bool = 
     docs, corpus_file = corpus_documents(cfg.corpus, data_root)
     corpus = {"name": cfg.corpus, "file": None if corpus_file is None else str(corpus_file),
               "sha256": None if corpus_file is None else file_sha256(corpus_file)}
-    key = config_key({"config": cfg.to_dict(), "corpus_sha256": corpus["sha256"], "format": FORMAT})
+    key = config_key({"config": cfg.key_dict(), "corpus_sha256": corpus["sha256"], "format": FORMAT})
     done = _prepare_out(out, key, force)
     dev = torch.device(device)
     if done is not None:
@@ -226,7 +226,7 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", force: bool = 
         "format": FORMAT, "key": key, "status": "running", "config": cfg.to_dict(),
         "model": {"arch": cfg.arch, "class": type(model).__name__, "model_type": model.config.model_type,
                   "n_params": n_params, "n_params_non_embedding": n_params - n_embed,
-                  "activation": "silu (gated MLP)" if cfg.arch == "llama" else "gelu"},
+                  "activation": f"{cfg.act} (gated MLP)" if cfg.arch == "llama" else cfg.act},
         "tokenizer": {"kind": cfg.tokenizer, "vocab_size": len(tokenizer), "separator_id": prefix_id(tokenizer),
                       "separator": tokenizer.convert_ids_to_tokens(prefix_id(tokenizer))},
         "corpus": {**corpus, "documents_used": docs_used, "train_windows": len(train_w), "val_windows": len(val),
