@@ -7,12 +7,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from negdiff.bootstrap import N_BOOT
-from negdiff.choices import CLI_CRITERIA, SCOPES
+from negdiff.bootstrap import MIN_UNITS, N_BOOT
+from negdiff.choices import CLI_CRITERIA, SCOPES, check_criterion, check_scope
 from negdiff.errors import NegdiffError
-from negdiff.experiments.ablate.config import MIN_CALIB_WINDOWS, AblateConfig
-from negdiff.experiments.scan.config import ScanConfig
 from negdiff.options import opt
+from negdiff.runs import check_counts, check_fraction
 
 #: The headline metric of each task dynamics follows.
 TASK_METRIC = {"perplexity": "ppl", "blimp": "acc", "tse": "acc"}
@@ -42,24 +41,43 @@ class DynamicsConfig:
     batch_tokens: int | None = opt(None, "padded tokens per forward pass", shown="256 on CPU, 16384 on CUDA")
 
     def __post_init__(self) -> None:
+        """Refuse sizes whose statistics would mean nothing (as ablate and scan would), before any model work."""
         bad = [t for t in self.tasks if t not in TASK_METRIC]
         if bad or not self.tasks:
             raise NegdiffError(f"--tasks: dynamics scores {', '.join(TASK_METRIC)}; got {', '.join(bad) or 'none'}")
-        if self.seeds < 1:
-            raise NegdiffError(f"--seeds must be at least 1, got {self.seeds}")
-        self.ablate_config()  # ablate's checks of the sizes (>= 10 perplexity windows, n_boot), before any model work
+        check_counts(self, (("--seeds", "seeds"), ("--tokens", "tokens"), ("--md-pairs", "md_pairs"),
+                            ("--blimp-limit", "blimp_limit"), ("--tse-limit", "tse_limit"), ("--ppl-tokens", "ppl_tokens"),
+                            ("--n-boot", "n_boot"), ("--batch-tokens", "batch_tokens")))
+        check_fraction("--fraction", self.fraction)
+        check_criterion(self.criterion)
+        check_scope(self.scope)
+        if self.ppl_window < 16:
+            raise NegdiffError(f"--ppl-window must be >= 16 tokens, got {self.ppl_window}")
+        if self.ppl_tokens is not None and self.ppl_tokens // self.ppl_window < MIN_UNITS:
+            raise NegdiffError(f"--ppl-tokens {self.ppl_tokens} gives {self.ppl_tokens // self.ppl_window} windows of "
+                               f"{self.ppl_window}; perplexity intervals need >= {MIN_UNITS}: raise --ppl-tokens to "
+                               f"{MIN_UNITS * self.ppl_window} or shorten --ppl-window")
+        if self.n_boot < 1000:
+            raise NegdiffError(f"--n-boot must be >= 1000 (decisions use >= {N_BOOT}), got {self.n_boot}")
+        self.scan_config()  # the scan's own checks of its settings
 
-    def scan_config(self) -> ScanConfig:
-        return ScanConfig(corpus=self.corpus, tokens=self.tokens, window=self.window, md_pairs=self.md_pairs,
-                          top_pairs=1, fraction=self.fraction, scope=self.scope, criterion=self.criterion,
-                          seed=self.seed, check_windows=0)
+    def scan_config(self) -> Any:
+        """The per-checkpoint scan's config, built through the step registry (dynamics imports no other step)."""
+        from negdiff.steps import step
 
-    def ablate_config(self) -> AblateConfig:
-        return AblateConfig(tasks=self.tasks, criterion=self.criterion, scope=self.scope, fraction=self.fraction,
-                            seeds=self.seeds, blimp_limit=self.blimp_limit, tse_limit=self.tse_limit,
-                            ppl_tokens=self.ppl_tokens, ppl_window=self.ppl_window, seed=self.seed,
-                            n_boot=self.n_boot, batch_tokens=self.batch_tokens, dose_fractions=(),
-                            calib_tokens=MIN_CALIB_WINDOWS * self.ppl_window)  # no calibration here
+        return step("scan").config(corpus=self.corpus, tokens=self.tokens, window=self.window, md_pairs=self.md_pairs,
+                                   top_pairs=1, fraction=self.fraction, scope=self.scope, criterion=self.criterion,
+                                   seed=self.seed, check_windows=0)
+
+    def eval_config(self, task: str) -> Any:
+        """The EvalConfig of one task of the per-checkpoint ablation (ablate's rule: each family its own size)."""
+        from negdiff.scoring import ScoringConfig
+        from negdiff.tasks.base import EvalConfig, family_limit
+
+        return EvalConfig(scoring=ScoringConfig(bos="prefix", max_batch_tokens=self.batch_tokens),
+                          limit=family_limit(task, self.blimp_limit, self.tse_limit, None), seed=self.seed,
+                          n_boot=min(self.n_boot, 1000), ppl_window=self.ppl_window,
+                          max_tokens=self.ppl_tokens if task == "perplexity" else None)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "tasks": list(self.tasks)}

@@ -28,7 +28,6 @@ import torch
 from negdiff.bootstrap import Interval, too_small
 from negdiff.contrasts import Contrasts, ppl_cell
 from negdiff.errors import NegdiffError
-from negdiff.experiments.ablate.run import run_condition
 from negdiff.experiments.dynamics.config import TASK_METRIC, DynamicsConfig
 from negdiff.experiments.dynamics.spec import SHORTHANDS, Checkpoint, parse_spec
 from negdiff.experiments.dynamics.stats import (
@@ -39,14 +38,13 @@ from negdiff.experiments.dynamics.stats import (
     wd_summary,
     weight_change_table,
 )
-from negdiff.experiments.scan.run import run_scan
 from negdiff.models import LoadedModel, load_model, resolve_device, resolve_dtype
 from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
 from negdiff.results import config_key, read_json, versions, write_json, write_parquet
 from negdiff.runs import write_record
 from negdiff.select import random_like, select_wasserstein
-from negdiff.services.conditions import Condition
+from negdiff.services.conditions import Condition, run_condition
 
 __all__ = ["SHORTHANDS", "Checkpoint", "DynamicsConfig", "parse_spec", "run_dynamics"]
 
@@ -82,6 +80,13 @@ class _Run:
             return None, str(exc)
 
 
+def run_scan(loaded: LoadedModel, cfg: Any, folder: Path, force: bool) -> dict[str, Any]:
+    """The scan step on one checkpoint, writing ``folder/scan`` (through the step registry: no sideways import)."""
+    from negdiff.steps import step
+
+    return step("scan").run(loaded, folder, cfg, force=force)
+
+
 def proj_rows(loaded: LoadedModel) -> list[torch.Tensor]:
     """Each layer's neuron input rows (the projection feeding the activation), float32 on the CPU."""
     return [s.proj_weight()[0].detach().float().cpu() for s in loaded.sites]
@@ -89,21 +94,23 @@ def proj_rows(loaded: LoadedModel) -> list[torch.Tensor]:
 
 def _ablate(run: _Run, loaded: LoadedModel, folder: Path, reid: NeuronSet) -> dict[str, Any]:
     """Score every condition (cached per condition) and summarize values and paired deltas vs baseline."""
-    acfg, tasks = run.cfg.ablate_config(), list(run.cfg.tasks)
+    cfg, tasks = run.cfg, list(run.cfg.tasks)
+    configs = {t: cfg.eval_config(t) for t in tasks}
     same = set(reid) == set(run.cohort)
     conds = [Condition("baseline", NeuronSet.empty(), tasks=tasks), Condition("cohort_neg", run.cohort, tasks=tasks)]
     conds += [] if same else [Condition("reid_neg", reid, tasks=tasks)]
     conds += [Condition(f"random_neg_s{k}", r, tasks=tasks) for k, r in enumerate(run.randoms)]
     info = loaded.info.to_dict()
     base = {k: info[k] for k in ("spec", "revision", "weights_hash", "dtype", "n_params")}
-    results = {c.name: run_condition(loaded, c, acfg, folder / "ablate",
-                                     config_key({"model": base, "neurons": c.neurons.to_dict()}), run.force)
+    results = {c.name: run_condition(loaded, c, configs, folder / "ablate" / "conditions" / c.name,
+                                     folder / "ablate" / "sets", config_key({"model": base, "neurons": c.neurons.to_dict()}),
+                                     run.force)
                for c in conds}
     if same:  # at the final checkpoint the re-identified set is the cohort: the same numbers
         results["reid_neg"] = results["cohort_neg"]
     groups = {"baseline": ["baseline"], "cohort_neg": ["cohort_neg"], "reid_neg": ["reid_neg"],
               "random_neg": [f"random_neg_s{k}" for k in range(len(run.randoms))]}
-    con = Contrasts({name: r["items"] for name, r in results.items()}, groups, n_boot=acfg.n_boot, seed=acfg.seed)
+    con = Contrasts({name: r["items"] for name, r in results.items()}, groups, n_boot=cfg.n_boot, seed=cfg.seed)
     out: dict[str, Any] = {"reid_equals_cohort": same, "n_reid": reid.size,
                            "seconds_ablation": sum(r.get("seconds") or 0.0 for r in results.values())}
     for g, names in groups.items():
@@ -143,7 +150,7 @@ def _process(run: _Run, ck: Checkpoint, loaded: LoadedModel, prev: Checkpoint | 
              prev_rows: list[torch.Tensor] | None) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """Scan, weight change against ``prev`` and ablation of one checkpoint; returns its summary and rows."""
     folder, t0 = run.folder(ck), time.time()
-    scan = run_scan(loaded, run.cfg.scan_config(), folder / "scan", force=run.force and ck.label not in run.fresh)
+    scan = run_scan(loaded, run.cfg.scan_config(), folder, force=run.force and ck.label not in run.fresh)
     table = pd.read_parquet(folder / "scan" / "neurons.parquet")
     widths = table.groupby("layer").size().to_dict()
     if any(n >= widths.get(layer, 0) for layer, n in run.cohort):
@@ -194,7 +201,7 @@ def run_dynamics(ckpts: list[Checkpoint], cfg: DynamicsConfig, out: str | Path, 
     if final is None:
         raise NegdiffError(f"none of the {len(ckpts)} checkpoints could be loaded: "
                            + "; ".join(f"{c.name} ({missing[c.label]})" for c in ckpts))
-    scan = run_scan(loaded, cfg.scan_config(), run.folder(final) / "scan", force=force)
+    scan = run_scan(loaded, cfg.scan_config(), run.folder(final), force=force)
     cohort = select_wasserstein(pd.read_parquet(run.folder(final) / "scan" / "neurons.parquet"), cfg.fraction,
                                 cfg.scope, cfg.criterion)
     cohort.rule.update(role="fixed cohort: WN of the final available checkpoint", checkpoint=final.name,
