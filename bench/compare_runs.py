@@ -4,16 +4,34 @@ Why: a refactor must change no number
 this is the recorded check (every JSON value, every parquet table
 exactly, every Markdown table), run on the same preset before and after.
 
-Usage: python bench/compare_runs.py RUN_A RUN_B
+Usage: python bench/compare_runs.py RUN_A RUN_B [--rtol R]
+
+Exact by default. With --rtol, float differences within a relative R (floats in JSON, float columns in parquet)
+are counted and reported separately ("within rtol", with the largest), not as differences: a change of
+summation order moves the last bits of a number without changing what it says.
 """
 import json
 import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 A, B = Path(sys.argv[1]), Path(sys.argv[2])
+RTOL = float(sys.argv[sys.argv.index("--rtol") + 1]) if "--rtol" in sys.argv else 0.0
+close = {"n": 0, "max_rel": 0.0, "where": None}
+
+
+def near(a: float, b: float, where: str) -> bool:
+    """Within --rtol (recorded), or not."""
+    rel = abs(a - b) / max(abs(a), abs(b), 1e-300)
+    if RTOL and rel <= RTOL:
+        close["n"] += 1
+        if rel > close["max_rel"]:
+            close["max_rel"], close["where"] = rel, where
+        return True
+    return False
 SKIP = {"seconds", "seconds_total", "seconds_per_condition", "timing", "versions", "started", "finished", "key", "date",
         "command", "elapsed", "tokens_per_s", "estimate_seconds", "path", "cache_dir", "created", "wall_s", "layer_cache",
         "record_format", "git_revision", "timings", "model_key"}  # the record header (docs/records.md)
@@ -34,7 +52,7 @@ def walk(a, b, where):
         for i, (x, y) in enumerate(zip(a, b)):
             walk(x, y, f"{where}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
-        if not (a == b or (math.isnan(a) and math.isnan(b))):
+        if not (a == b or (math.isnan(a) and math.isnan(b)) or near(a, b, where)):
             diffs.append(f"{where}: {a!r} vs {b!r}")
     elif a != b:
         if isinstance(a, str) and (str(A) in a or "/tmp/" in a or "runs/" in a):
@@ -57,7 +75,17 @@ for f in sorted(A.rglob("*")):
         try:
             pd.testing.assert_frame_equal(x, y, check_exact=True)
         except AssertionError as e:
-            diffs.append(f"{rel}: {str(e)[:200]}")
+            ok = RTOL > 0 and list(x.columns) == list(y.columns) and len(x) == len(y)
+            for c in x.columns if ok else []:
+                if x[c].dtype.kind == "f" and y[c].dtype.kind == "f":
+                    u, v = x[c].to_numpy(), y[c].to_numpy()
+                    same = (u == v) | (np.isnan(u) & np.isnan(v))
+                    for i in np.flatnonzero(~same):
+                        ok = near(float(u[i]), float(v[i]), f"{rel}:{c}[{i}]") and ok
+                else:
+                    ok = ok and x[c].equals(y[c])
+            if not ok:
+                diffs.append(f"{rel}: {str(e)[:200]}")
         n_pq += 1
     elif f.suffix == ".md":
         if f.read_text() != g.read_text():
@@ -66,3 +94,5 @@ for f in sorted(A.rglob("*")):
 print(f"compared {n_json} JSON, {n_pq} parquet, {n_md} markdown files")
 print("\n".join(diffs[:60]) if diffs else "IDENTICAL (every number in every table and record)")
 print(f"{len(diffs)} differences")
+if RTOL:
+    print(f"{close['n']} float values differ within rtol {RTOL:g} (largest relative {close['max_rel']:.2g} at {close['where']})")
