@@ -284,3 +284,18 @@ def test_pairs_on_the_embedded_model(tmp_path, monkeypatch):
     for part in ("all", "early", "late"):
         for g in ("wn", "random"):
             assert 0 <= rec["results"]["depth"][part][g]["any_negative"]["value"] <= 1
+
+
+def test_no_interval_from_fewer_than_ten_neurons():
+    from negdiff.experiments.pairs.stats import MEASURES, share_block
+
+    def counts(k: int) -> pd.DataFrame:
+        rows = [{"group": g, "layer": i % 2, "neuron": i, "n": 10, **{m: (i + j) % 7 for j, m in enumerate(MEASURES)}}
+                for g in ("wn", "random") for i in range(k)]
+        return pd.DataFrame(rows)
+
+    small, big = share_block(counts(9), 1000, 0), share_block(counts(10), 1000, 0)
+    for m in MEASURES:
+        assert small["wn"][m]["too_small"] and np.isnan(small["wn"][m]["ci_low"]) and small["wn"][m]["n_neurons"] == 9
+        assert small["wn_minus_random"][m]["too_small"]
+        assert np.isfinite(big["wn"][m]["ci_low"]) and "too_small" not in big["wn"][m]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from negdiff.bootstrap import MIN_UNITS
 from negdiff.result_stats import percentile_ci
 
 #: Sign classes of a pair of pre-activations (a value of exactly 0 is neither side: "mixed").
@@ -60,9 +61,13 @@ def ratio_draws(k: np.ndarray, n: np.ndarray, strata: np.ndarray, n_boot: int, s
         return num / den
 
 
-def _cell(value: float, draws: np.ndarray, **extra: Any) -> dict[str, Any]:
-    lo, hi = percentile_ci(draws[np.isfinite(draws)]) if np.isfinite(draws).any() else (float("nan"), float("nan"))
-    return {"value": float(value), "ci_low": lo, "ci_high": hi, **extra}
+def _cell(value: float, draws: np.ndarray, n_units: int, **extra: Any) -> dict[str, Any]:
+    """A share and its percentile CI over neurons; no CI (NaN, ``too_small``) from fewer than 10 neurons."""
+    if n_units < MIN_UNITS or not np.isfinite(draws).any():
+        return {"value": float(value), "ci_low": float("nan"), "ci_high": float("nan"), "n_neurons": int(n_units),
+                "too_small": n_units < MIN_UNITS, **extra}
+    lo, hi = percentile_ci(draws[np.isfinite(draws)])
+    return {"value": float(value), "ci_low": lo, "ci_high": hi, "n_neurons": int(n_units), **extra}
 
 
 def share_block(counts: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
@@ -81,10 +86,11 @@ def share_block(counts: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
         for measure in MEASURES:
             d = ratio_draws(c[measure], c.n, c.layer, n_boot, seed + 7919 * gi)
             draws[group, measure] = d
-            out[group][measure] = _cell(c[measure].sum() / c.n.sum(), d)
+            out[group][measure] = _cell(c[measure].sum() / c.n.sum(), d, len(c))
     if all(g in out for g in GROUPS):
+        n = min(out[g]["n_neurons"] for g in GROUPS)
         out["wn_minus_random"] = {m: _cell(out["wn"][m]["value"] - out["random"][m]["value"],
-                                           draws["wn", m] - draws["random", m]) for m in MEASURES}
+                                           draws["wn", m] - draws["random", m], n) for m in MEASURES}
     return out
 
 
@@ -140,8 +146,14 @@ def _top(values: pd.Series, top: int) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- summary
+def _ci(cell: dict, sign: str = "") -> str:
+    if not np.isfinite(cell["ci_low"]):
+        return f" (n = {cell.get('n_neurons', '?')} neurons: too small for an interval)"
+    return f" [{100 * cell['ci_low']:{sign}.1f}, {100 * cell['ci_high']:{sign}.1f}]"
+
+
 def _pct(cell: dict) -> str:
-    return f"{100 * cell['value']:.1f}% [{100 * cell['ci_low']:.1f}, {100 * cell['ci_high']:.1f}]"
+    return f"{100 * cell['value']:.1f}%{_ci(cell)}"
 
 
 def summary_lines(record: dict[str, Any]) -> list[str]:
@@ -159,7 +171,7 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
                 continue
             d = b["wn_minus_random"][key]
             lines.append(f"{label:<22} {part:<5} WN {_pct(b['wn'][key])} vs random {_pct(b['random'][key])}; "
-                         f"diff {100 * d['value']:+.1f} pts [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]")
+                         f"diff {100 * d['value']:+.1f} pts{_ci(d, '+')}")
     for group in GROUPS:
         f = res["frequent"].get(group, {})
         for what in ("token_pairs", "tag_pairs"):
