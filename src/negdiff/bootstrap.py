@@ -76,13 +76,30 @@ def too_small(estimate: float, n: int, units: str, method: str) -> Interval:
 
 # ------------------------------------------------------------------------------------------ item bootstrap
 def _strata(n: int, strata: Sequence | np.ndarray | None) -> list[np.ndarray]:
+    return _strata_labelled(n, strata)[0]
+
+
+def _strata_labelled(n: int, strata: Sequence | np.ndarray | None) -> tuple[list[np.ndarray], list[str]]:
+    """Row indices and a label per stratum; strata of one item are collapsed into one (a lone item cannot be
+    resampled within its stratum, so it would add no variance at all), labelled by its members."""
     if strata is None:
-        return [np.arange(n)]
+        return [np.arange(n)], ["all"]
     labels = np.asarray(strata)
     if labels.shape != (n,):
         raise NegdiffError(f"strata labels: expected {n}, got {labels.shape}")
-    _, inverse = np.unique(labels, return_inverse=True)
-    return [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
+    names, inverse = np.unique(labels, return_inverse=True)
+    groups = [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
+    lone = [k for k, g in enumerate(groups) if g.size == 1]
+    if len(lone) < 2:
+        return groups, [str(x) for x in names]
+    keep = [k for k, g in enumerate(groups) if g.size > 1]
+    return ([groups[k] for k in keep] + [np.sort(np.concatenate([groups[k] for k in lone]))],
+            [str(names[k]) for k in keep] + ["single items: " + ", ".join(str(names[k]) for k in lone)])
+
+
+def stratum_labels(strata: Sequence | np.ndarray) -> list[str]:
+    """The label of each stratum in the order :func:`stratum_mean_draws` returns them (lone items collapsed)."""
+    return _strata_labelled(len(strata), strata)[1]
 
 
 def stratum_mean_draws(values: np.ndarray, strata: Sequence | np.ndarray | None = None, n_boot: int = N_BOOT,
@@ -92,6 +109,12 @@ def stratum_mean_draws(values: np.ndarray, strata: Sequence | np.ndarray | None 
     Returns ``(draws [n_boot, C, H], point [C, H], sizes [H])``. Every condition (row) is resampled with the
     same indices in a replicate, so any linear contrast of rows is a paired (or crossed) contrast. Each
     stratum gets its own generator spawned from ``seed`` (independent resampling per stratum).
+
+    Rescaled: a stratum of m items resampled with replacement gives its mean a bootstrap variance of
+    (m - 1)/m times the unbiased one, so with 5 items per BLiMP paradigm the percentile interval covered 92%
+    instead of 95% (tests/test_verdicts.py simulates it). Each stratum's draws are therefore stretched about
+    its mean by sqrt(m / (m - 1)) (the rescaling bootstrap of Rao and Wu), which makes the variance unbiased
+    and the coverage nominal; with 40 items per stratum the stretch is 1.3%.
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim == 1:
@@ -114,6 +137,9 @@ def stratum_mean_draws(values: np.ndarray, strata: Sequence | np.ndarray | None 
             counts = np.bincount((idx + (np.arange(k) * m)[:, None]).ravel(), minlength=k * m).reshape(k, m)
             out[s:s + k, :, h] = counts @ sub.T / m
     point = np.stack([v[:, rows].mean(1) for rows in groups], axis=1)
+    for h, rows in enumerate(groups):
+        if rows.size > 1:
+            out[:, :, h] = point[:, h] + np.sqrt(rows.size / (rows.size - 1)) * (out[:, :, h] - point[:, h])
     return out, point, np.array([rows.size for rows in groups])
 
 

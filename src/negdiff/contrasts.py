@@ -35,6 +35,7 @@ from negdiff.bootstrap import (
     mean_t,
     pooled,
     set_crossed,
+    stratum_labels,
     stratum_mean_draws,
     too_small,
 )
@@ -253,7 +254,7 @@ class Contrasts:
         if mat["strata"] is None:
             return []
         ia, ib = self._members(a, mat), self._members(b, mat)
-        labels = np.unique(mat["strata"])
+        labels = stratum_labels(mat["strata"])
         dr = mat["draws"][:, ib].mean(1) - mat["draws"][:, ia].mean(1)
         pt = mat["point"][ib].mean(0) - mat["point"][ia].mean(0)
         out = []

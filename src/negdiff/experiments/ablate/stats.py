@@ -22,7 +22,7 @@ from negdiff.runs import write_record
 
 #: The declared protocol (docs/protocol.md): deciding read-outs, equivalence margins, matching tolerance.
 PROTOCOL: dict[str, Any] = {
-    "version": "2026-12-02",
+    "version": "2026-12-03",
     "alpha": ALPHA,
     "n_boot": N_BOOT,
     "family": "the 8 ablation claims below; Holm on one-sided p-values in the claimed direction",
