@@ -75,7 +75,7 @@ def test_steps_are_declared_once_and_drive_the_pipeline():
     from negdiff.steps import all_steps, pipeline
 
     names = [s.name for s in all_steps()]
-    assert names == ["scan", "ablate", "pairs", "pos", "layers", "dynamics", "train-mini"]
+    assert names == ["scan", "ablate", "pairs", "pos", "layers", "quadrants", "stability", "dynamics", "train-mini"]
     assert [s.name for s in pipeline()] == ["scan", "ablate", "pairs", "pos", "layers"]
     for preset in PRESETS:  # every preset's keys are real config fields
         assert set(preset_sizes(preset)) <= set(names)

@@ -10,6 +10,7 @@ from typing import Any
 from negdiff.bootstrap import MIN_UNITS, N_BOOT
 from negdiff.choices import CLI_CRITERIA, SCOPES, check_criterion, check_scope
 from negdiff.errors import NegdiffError
+from negdiff.experiments.scan.config import ScanConfig
 from negdiff.options import opt
 from negdiff.runs import check_counts, check_fraction
 
@@ -61,13 +62,11 @@ class DynamicsConfig:
             raise NegdiffError(f"--n-boot must be >= 1000 (decisions use >= {N_BOOT}), got {self.n_boot}")
         self.scan_config()  # the scan's own checks of its settings
 
-    def scan_config(self) -> Any:
-        """The per-checkpoint scan's config, built through the step registry (dynamics imports no other step)."""
-        from negdiff.steps import step
-
-        return step("scan").config(corpus=self.corpus, tokens=self.tokens, window=self.window, md_pairs=self.md_pairs,
-                                   top_pairs=1, fraction=self.fraction, scope=self.scope, criterion=self.criterion,
-                                   seed=self.seed, check_windows=0)
+    def scan_config(self) -> ScanConfig:
+        """The per-checkpoint scan's config (the scan is the one step dynamics builds on: pyproject's contracts)."""
+        return ScanConfig(corpus=self.corpus, tokens=self.tokens, window=self.window, md_pairs=self.md_pairs,
+                          top_pairs=1, fraction=self.fraction, scope=self.scope, criterion=self.criterion,
+                          seed=self.seed, check_windows=0)
 
     def eval_config(self, task: str) -> Any:
         """The EvalConfig of one task of the per-checkpoint ablation (ablate's rule: each family its own size)."""

@@ -38,6 +38,7 @@ from negdiff.experiments.dynamics.stats import (
     wd_summary,
     weight_change_table,
 )
+from negdiff.experiments.scan.run import run_scan
 from negdiff.models import LoadedModel, load_model, resolve_device, resolve_dtype
 from negdiff.neuronset import NeuronSet
 from negdiff.progress import status
@@ -78,13 +79,6 @@ class _Run:
             return self.loader(ck.spec, revision=ck.revision, dtype=self.dtype, device=self.device), None
         except NegdiffError as exc:
             return None, str(exc)
-
-
-def run_scan(loaded: LoadedModel, cfg: Any, folder: Path, force: bool) -> dict[str, Any]:
-    """The scan step on one checkpoint, writing ``folder/scan`` (through the step registry: no sideways import)."""
-    from negdiff.steps import step
-
-    return step("scan").run(loaded, folder, cfg, force=force)
 
 
 def proj_rows(loaded: LoadedModel) -> list[torch.Tensor]:
@@ -150,7 +144,7 @@ def _process(run: _Run, ck: Checkpoint, loaded: LoadedModel, prev: Checkpoint | 
              prev_rows: list[torch.Tensor] | None) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """Scan, weight change against ``prev`` and ablation of one checkpoint; returns its summary and rows."""
     folder, t0 = run.folder(ck), time.time()
-    scan = run_scan(loaded, run.cfg.scan_config(), folder, force=run.force and ck.label not in run.fresh)
+    scan = run_scan(loaded, run.cfg.scan_config(), folder / "scan", force=run.force and ck.label not in run.fresh)
     table = pd.read_parquet(folder / "scan" / "neurons.parquet")
     widths = table.groupby("layer").size().to_dict()
     if any(n >= widths.get(layer, 0) for layer, n in run.cohort):
@@ -201,7 +195,7 @@ def run_dynamics(ckpts: list[Checkpoint], cfg: DynamicsConfig, out: str | Path, 
     if final is None:
         raise NegdiffError(f"none of the {len(ckpts)} checkpoints could be loaded: "
                            + "; ".join(f"{c.name} ({missing[c.label]})" for c in ckpts))
-    scan = run_scan(loaded, cfg.scan_config(), run.folder(final), force=force)
+    scan = run_scan(loaded, cfg.scan_config(), run.folder(final) / "scan", force=force)
     cohort = select_wasserstein(pd.read_parquet(run.folder(final) / "scan" / "neurons.parquet"), cfg.fraction,
                                 cfg.scope, cfg.criterion)
     cohort.rule.update(role="fixed cohort: WN of the final available checkpoint", checkpoint=final.name,
