@@ -322,3 +322,19 @@ def test_controls_on_a_subset_pair_every_condition_on_that_subset():
     head = con.interval("blimp", "margin", "baseline", "wn_neg")
     assert head.n == 300 and head.estimate == pytest.approx(-0.5, abs=0.05)
     assert con.value("wn_abs_neg", "blimp", "margin")["n"] == 120
+
+
+def test_one_random_set_gives_no_interval_rather_than_an_item_only_one():
+    rng = np.random.default_rng(0)
+    n = 40
+
+    def frame(v):
+        return {"blimp": pd.DataFrame({"item_id": np.arange(n).astype(str), "paradigm": "p", "lp_good": v, "lp_bad": 0.0})}
+
+    items = {"baseline": frame(rng.normal(0, 1, n)), "wn_neg": frame(rng.normal(0, 1, n)),
+             "random_neg_s0": frame(rng.normal(0, 1, n))}
+    groups = {"baseline": ["baseline"], "wn_neg": ["wn_neg"], "random_neg": ["random_neg_s0"]}
+    one = Contrasts(items, groups, n_boot=1000, seed=0, sampled={"random_neg"}).interval("blimp", "margin", "random_neg", "wn_neg")
+    assert one.ci is None and "fewer than 2 random sets" in one.extra["reason"]
+    fixed = Contrasts(items, groups, n_boot=1000, seed=0).interval("blimp", "margin", "random_neg", "wn_neg")
+    assert fixed.ci is not None and fixed.estimate == pytest.approx(one.estimate)  # same estimate; only the CI differs

@@ -105,9 +105,13 @@ class Contrasts:
     """
 
     def __init__(self, items: dict[str, dict[str, pd.DataFrame]], groups: dict[str, list[str]],
-                 n_boot: int = N_BOOT, seed: int = 0, reference: str = "baseline") -> None:
+                 n_boot: int = N_BOOT, seed: int = 0, reference: str = "baseline",
+                 sampled: frozenset[str] | set[str] = frozenset()) -> None:
         self.items, self.groups, self.n_boot, self.seed = items, groups, n_boot, seed
         self.reference = reference
+        #: groups that are samples of random sets: their between-set variance belongs in every interval, so a
+        #: sample of one set gives no interval at all (not an item-only one that treats the set as fixed)
+        self.sampled = frozenset(sampled)
         self._cache: dict[tuple[str, str], dict[str, Any]] = {}
 
     # ---------------------------------------------------------------------------------------- matrices
@@ -156,7 +160,7 @@ class Contrasts:
         if key not in self._cache:
             items = {c: {task: per[task][per[task]["item_id"].isin(common)].reset_index(drop=True)}
                      for c, per in self.items.items() if task in per and common <= set(per[task]["item_id"])}
-            self._cache[key] = Contrasts(items, self.groups, self.n_boot, self.seed, self.reference)
+            self._cache[key] = Contrasts(items, self.groups, self.n_boot, self.seed, self.reference, self.sampled)
         return self._cache[key]
 
     def _members(self, group: str, mat: dict[str, Any]) -> list[int]:
@@ -187,10 +191,10 @@ class Contrasts:
             return view.parts(task, readout, a, b)
         mat = self._matrix(task, readout)
         ia, ib = self._members(a, mat), self._members(b, mat)
-        many = len(ia) > 1 or len(ib) > 1
-        if len(ia) > 1 and len(ib) > 1:
+        many = len(ia) > 1 or len(ib) > 1 or a in self.sampled or b in self.sampled
+        if (len(ia) > 1 or a in self.sampled) and (len(ib) > 1 or b in self.sampled):
             raise NegdiffError("a contrast between two groups of random sets is not defined")
-        sets = ia if len(ia) > 1 else ib
+        sets = ia if (len(ia) > 1 or a in self.sampled) else ib
         if task == "perplexity":
             v = mat["values"]
             diffs = v[ib].mean(0) - v[ia].mean(0)

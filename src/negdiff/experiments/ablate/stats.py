@@ -76,7 +76,7 @@ def analyze(results: dict[str, dict], conditions: list, search: dict, dose: list
     """Values and deltas per condition, the claim family and its verdicts, and the dose-response summary."""
     items = {name: res["items"] for name, res in results.items()}
     groups = _groups(conditions)
-    con = Contrasts(items, groups, n_boot=cfg.n_boot, seed=cfg.seed)
+    con = Contrasts(items, groups, n_boot=cfg.n_boot, seed=cfg.seed, sampled={"random_neg"})
     order = [g for g in ("baseline", "wn_neg", "random_neg", "ppl_matched_neg", "wn_pos", "wn_zero", "wn_identity_pos",
                          "wn_abs_neg") if g in groups]
     value: dict[str, dict] = {}

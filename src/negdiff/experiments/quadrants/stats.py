@@ -78,7 +78,7 @@ def build_claims(con: Contrasts, tasks: list[str]) -> list[Claim]:
 def analyze(items: dict[str, dict], cfg: Any, tasks: list[str]) -> dict[str, Any]:
     """Values and deltas to baseline per group, the claim family and its verdicts, the negative-quadrant split."""
     groups = groups_of(list(items))
-    con = Contrasts(items, groups, n_boot=cfg.n_boot, seed=cfg.seed)
+    con = Contrasts(items, groups, n_boot=cfg.n_boot, seed=cfg.seed, sampled={g for g in groups if g.startswith("random_")})
     base_ppl = con.value("baseline", "perplexity", "nll")["value"] if "perplexity" in tasks else None
     value: dict[str, dict] = {}
     delta: dict[str, dict] = {}
