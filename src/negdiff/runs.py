@@ -33,6 +33,27 @@ def check_counts(cfg: Any, names, least: int = 1) -> None:
             raise NegdiffError(f"{flag} must be at least {least}, got {val}")
 
 
+def check_perplexity_sizes(ppl_tokens: int | None, ppl_window: int, need_interval: bool = True) -> None:
+    """Refuse a perplexity window under 16 tokens, and (``need_interval``) a token budget giving fewer windows
+    than an interval needs, naming the flags and the fix."""
+    from negdiff.bootstrap import MIN_UNITS
+
+    if ppl_window < 16:
+        raise NegdiffError(f"--ppl-window must be >= 16 tokens, got {ppl_window}")
+    if need_interval and ppl_tokens is not None and ppl_tokens // ppl_window < MIN_UNITS:
+        raise NegdiffError(f"--ppl-tokens {ppl_tokens} gives {ppl_tokens // ppl_window} windows of {ppl_window}; "
+                           f"perplexity intervals need >= {MIN_UNITS}: raise --ppl-tokens to {MIN_UNITS * ppl_window} "
+                           "or shorten --ppl-window")
+
+
+def check_n_boot(n_boot: int) -> None:
+    """Refuse fewer than 1,000 bootstrap replicates (decisions use N_BOOT)."""
+    from negdiff.bootstrap import N_BOOT
+
+    if n_boot < 1000:
+        raise NegdiffError(f"--n-boot must be >= 1000 (decisions use >= {N_BOOT}), got {n_boot}")
+
+
 def check_fraction(flag: str, val: Any) -> None:
     """Refuse a fraction outside (0, 1), naming the flag."""
     if isinstance(val, bool) or not isinstance(val, int | float):

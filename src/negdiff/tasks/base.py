@@ -30,6 +30,20 @@ def family_limit(task: str, blimp: int | None, tse: int | None, nongram: int | N
     return {"blimp": blimp, "tse": tse, "perplexity": None}.get(task, nongram)
 
 
+def step_eval_config(cfg: Any, task: str, **override: Any) -> EvalConfig:
+    """The EvalConfig of one task under a step's config, which every step builds the same way: its fields
+    ``bos``, ``batch_tokens``, ``seed``, ``n_boot`` (capped at 1,000: per-task summaries, not decisions),
+    ``ppl_window``, ``ppl_tokens`` and the per-family limits ``blimp_limit``, ``tse_limit``, ``nongram_limit``
+    (a field a config lacks counts as unset; ``override`` replaces any of them, e.g. the dose sweep's sizes)."""
+    def get(name: str, default: Any = None) -> Any:
+        return override[name] if name in override else getattr(cfg, name, default)
+
+    limit = family_limit(task, get("blimp_limit"), get("tse_limit"), get("nongram_limit"))
+    return EvalConfig(scoring=ScoringConfig(bos=get("bos", "prefix"), max_batch_tokens=get("batch_tokens")),
+                      limit=limit, seed=get("seed", 0), n_boot=min(get("n_boot"), 1000), ppl_window=get("ppl_window"),
+                      max_tokens=get("ppl_tokens") if task == "perplexity" else None)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Every knob of an evaluation run (defaults follow ../shared/paper.md); recorded in results."""

@@ -7,12 +7,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from negdiff.bootstrap import MIN_UNITS, N_BOOT
+from negdiff.bootstrap import N_BOOT
 from negdiff.bos import BOS_POLICIES
 from negdiff.choices import CLI_CRITERIA, SCOPES, check_criterion, check_scope
 from negdiff.errors import NegdiffError
 from negdiff.options import opt
-from negdiff.runs import check_counts, check_fraction
+from negdiff.runs import check_counts, check_fraction, check_n_boot, check_perplexity_sizes
 
 #: The perplexity-matched search runs on at least this many calibration windows.
 MIN_CALIB_WINDOWS = 8
@@ -71,17 +71,11 @@ class AblateConfig:
         check_scope(self.scope)
         if not self.match_tol > 0:
             raise NegdiffError(f"--match-tol must be > 0, got {self.match_tol}")
-        if self.ppl_window < 16:
-            raise NegdiffError(f"--ppl-window must be >= 16 tokens, got {self.ppl_window}")
-        if self.ppl_tokens is not None and self.ppl_tokens // self.ppl_window < MIN_UNITS:
-            raise NegdiffError(f"--ppl-tokens {self.ppl_tokens} gives {self.ppl_tokens // self.ppl_window} windows of "
-                               f"{self.ppl_window}; perplexity intervals need >= {MIN_UNITS}: raise --ppl-tokens to "
-                               f"{MIN_UNITS * self.ppl_window} or shorten --ppl-window")
+        check_perplexity_sizes(self.ppl_tokens, self.ppl_window)
         if self.calib_tokens // self.ppl_window < MIN_CALIB_WINDOWS:
             raise NegdiffError(f"--calib-tokens {self.calib_tokens} gives {self.calib_tokens // self.ppl_window} "
                                f"windows of {self.ppl_window}; the perplexity-matched search needs >= {MIN_CALIB_WINDOWS}")
-        if self.n_boot < 1000:
-            raise NegdiffError(f"--n-boot must be >= 1000 (decisions use >= {N_BOOT}), got {self.n_boot}")
+        check_n_boot(self.n_boot)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

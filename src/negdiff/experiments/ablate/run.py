@@ -33,7 +33,7 @@ from negdiff.services import conditions
 from negdiff.services.conditions import Condition
 from negdiff.services.scan_outputs import load_scan
 from negdiff.tasks import expand_tasks
-from negdiff.tasks.base import EvalConfig, family_limit
+from negdiff.tasks.base import EvalConfig, step_eval_config
 
 SYNTAX_TASKS = ("perplexity", "blimp", "tse")
 
@@ -45,10 +45,8 @@ def eval_config(cfg: AblateConfig, task: str, dose: bool = False, control: bool 
     if control:
         blimp = blimp if cfg.control_blimp_limit is None else cfg.control_blimp_limit
         tse = tse if cfg.control_tse_limit is None else cfg.control_tse_limit
-    limit = family_limit(task, blimp, tse, cfg.nongram_limit)
-    return EvalConfig(scoring=ScoringConfig(bos=cfg.bos, max_batch_tokens=cfg.batch_tokens), limit=limit,
-                      seed=cfg.seed, n_boot=min(cfg.n_boot, 1000), ppl_window=cfg.ppl_window,
-                      max_tokens=(cfg.dose_ppl_tokens if dose else cfg.ppl_tokens) if task == "perplexity" else None)
+    return step_eval_config(cfg, task, blimp_limit=blimp, tse_limit=tse,
+                            ppl_tokens=cfg.dose_ppl_tokens if dose else cfg.ppl_tokens)
 
 
 def calibration_windows(loaded: LoadedModel, cfg: AblateConfig) -> torch.Tensor:

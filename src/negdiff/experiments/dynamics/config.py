@@ -7,12 +7,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from negdiff.bootstrap import MIN_UNITS, N_BOOT
+from negdiff.bootstrap import N_BOOT
 from negdiff.choices import CLI_CRITERIA, SCOPES, check_criterion, check_scope
 from negdiff.errors import NegdiffError
 from negdiff.experiments.scan.config import ScanConfig
 from negdiff.options import opt
-from negdiff.runs import check_counts, check_fraction
+from negdiff.runs import check_counts, check_fraction, check_n_boot, check_perplexity_sizes
 
 #: The headline metric of each task dynamics follows.
 TASK_METRIC = {"perplexity": "ppl", "blimp": "acc", "tse": "acc"}
@@ -52,14 +52,8 @@ class DynamicsConfig:
         check_fraction("--fraction", self.fraction)
         check_criterion(self.criterion)
         check_scope(self.scope)
-        if self.ppl_window < 16:
-            raise NegdiffError(f"--ppl-window must be >= 16 tokens, got {self.ppl_window}")
-        if self.ppl_tokens is not None and self.ppl_tokens // self.ppl_window < MIN_UNITS:
-            raise NegdiffError(f"--ppl-tokens {self.ppl_tokens} gives {self.ppl_tokens // self.ppl_window} windows of "
-                               f"{self.ppl_window}; perplexity intervals need >= {MIN_UNITS}: raise --ppl-tokens to "
-                               f"{MIN_UNITS * self.ppl_window} or shorten --ppl-window")
-        if self.n_boot < 1000:
-            raise NegdiffError(f"--n-boot must be >= 1000 (decisions use >= {N_BOOT}), got {self.n_boot}")
+        check_perplexity_sizes(self.ppl_tokens, self.ppl_window)
+        check_n_boot(self.n_boot)
         self.scan_config()  # the scan's own checks of its settings
 
     def scan_config(self) -> ScanConfig:
@@ -69,14 +63,11 @@ class DynamicsConfig:
                           seed=self.seed, check_windows=0)
 
     def eval_config(self, task: str) -> Any:
-        """The EvalConfig of one task of the per-checkpoint ablation (ablate's rule: each family its own size)."""
-        from negdiff.scoring import ScoringConfig
-        from negdiff.tasks.base import EvalConfig, family_limit
+        """The EvalConfig of one task of the per-checkpoint ablation (ablate's rule: each family its own size;
+        the BOS policy is the default, prefix)."""
+        from negdiff.tasks.base import step_eval_config
 
-        return EvalConfig(scoring=ScoringConfig(bos="prefix", max_batch_tokens=self.batch_tokens),
-                          limit=family_limit(task, self.blimp_limit, self.tse_limit, None), seed=self.seed,
-                          n_boot=min(self.n_boot, 1000), ppl_window=self.ppl_window,
-                          max_tokens=self.ppl_tokens if task == "perplexity" else None)
+        return step_eval_config(self, task)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "tasks": list(self.tasks)}

@@ -13,7 +13,7 @@ from negdiff.bos import BOS_POLICIES
 from negdiff.choices import SET_MODES
 from negdiff.errors import NegdiffError
 from negdiff.options import opt
-from negdiff.runs import check_counts
+from negdiff.runs import check_counts, check_perplexity_sizes
 
 
 @dataclass
@@ -47,8 +47,7 @@ class LayersConfig:
                             ("--batch-tokens", "batch_tokens"), ("--group-size", "group_size")))
         check_counts(self, (("--layer-cache-mb", "layer_cache_mb"), ("--layer-cache-disk-mb", "layer_cache_disk_mb")),
                      least=0)
-        if self.ppl_window < 16:  # as ablate's
-            raise NegdiffError(f"--ppl-window must be >= 16 tokens, got {self.ppl_window}")
+        check_perplexity_sizes(self.ppl_tokens, self.ppl_window, need_interval=False)  # fewer windows: no CI
 
     def eval_config(self, task: str) -> Any:
         """The EvalConfig of one task: each task family its own subsample size, perplexity this run's window.
@@ -56,13 +55,9 @@ class LayersConfig:
         Built here rather than through AblateConfig, which refuses fewer than 10 perplexity windows: a
         cheap layers run may have fewer, and then its perplexity deltas say "n too small" instead.
         """
-        from negdiff.scoring import ScoringConfig
-        from negdiff.tasks.base import EvalConfig, family_limit
+        from negdiff.tasks.base import step_eval_config
 
-        limit = family_limit(task, self.blimp_limit, self.tse_limit, self.nongram_limit)
-        return EvalConfig(scoring=ScoringConfig(bos=self.bos, max_batch_tokens=self.batch_tokens), limit=limit,
-                          seed=self.seed, n_boot=min(self.n_boot, 1000), ppl_window=self.ppl_window,
-                          max_tokens=self.ppl_tokens if task == "perplexity" else None)
+        return step_eval_config(self, task)
 
     def expected_windows(self) -> int | None:
         """Perplexity windows the run asks for (fewer if the model's length caps the window; None = all)."""

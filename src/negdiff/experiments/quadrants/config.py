@@ -7,11 +7,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from negdiff.bootstrap import MIN_UNITS, N_BOOT
+from negdiff.bootstrap import N_BOOT
 from negdiff.bos import BOS_POLICIES
-from negdiff.errors import NegdiffError
 from negdiff.options import opt
-from negdiff.runs import check_counts
+from negdiff.runs import check_counts, check_n_boot, check_perplexity_sizes
 
 
 @dataclass
@@ -35,24 +34,14 @@ class QuadrantsConfig:
         """Refuse sizes whose statistics would mean nothing, before any model work."""
         check_counts(self, (("--seeds", "seeds"), ("--blimp-limit", "blimp_limit"), ("--tse-limit", "tse_limit"),
                             ("--ppl-tokens", "ppl_tokens"), ("--n-boot", "n_boot"), ("--batch-tokens", "batch_tokens")))
-        if self.ppl_window < 16:
-            raise NegdiffError(f"--ppl-window must be >= 16 tokens, got {self.ppl_window}")
-        if self.ppl_tokens is not None and self.ppl_tokens // self.ppl_window < MIN_UNITS:
-            raise NegdiffError(f"--ppl-tokens {self.ppl_tokens} gives {self.ppl_tokens // self.ppl_window} windows of "
-                               f"{self.ppl_window}; perplexity intervals need >= {MIN_UNITS}: raise --ppl-tokens to "
-                               f"{MIN_UNITS * self.ppl_window} or shorten --ppl-window")
-        if self.n_boot < 1000:
-            raise NegdiffError(f"--n-boot must be >= 1000 (decisions use >= {N_BOOT}), got {self.n_boot}")
+        check_perplexity_sizes(self.ppl_tokens, self.ppl_window)
+        check_n_boot(self.n_boot)
 
     def eval_config(self, task: str) -> Any:
         """The EvalConfig of one task: each task family its own subsample size."""
-        from negdiff.scoring import ScoringConfig
-        from negdiff.tasks.base import EvalConfig, family_limit
+        from negdiff.tasks.base import step_eval_config
 
-        return EvalConfig(scoring=ScoringConfig(bos=self.bos, max_batch_tokens=self.batch_tokens),
-                          limit=family_limit(task, self.blimp_limit, self.tse_limit, None), seed=self.seed,
-                          n_boot=min(self.n_boot, 1000), ppl_window=self.ppl_window,
-                          max_tokens=self.ppl_tokens if task == "perplexity" else None)
+        return step_eval_config(self, task)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

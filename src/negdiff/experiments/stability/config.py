@@ -11,7 +11,7 @@ from negdiff.bootstrap import MIN_UNITS, N_BOOT
 from negdiff.bos import BOS_POLICIES
 from negdiff.errors import NegdiffError
 from negdiff.options import opt
-from negdiff.runs import check_counts, check_fraction
+from negdiff.runs import check_counts, check_fraction, check_n_boot, check_perplexity_sizes
 
 #: criteria the per-shard accumulators can rank by (mapping difficulty needs pairs a shard scan does not draw)
 STAT_CRITERIA = ("wd", "wd_neg_raw", "wd_below_mean", "kurtosis")
@@ -68,20 +68,14 @@ class StabilityConfig:
         if self.window is not None:
             check_counts(self, (("--window", "window"),), least=2)
         check_fraction("--fraction", self.fraction)
-        if self.ppl_window < 16:
-            raise NegdiffError(f"--ppl-window must be >= 16 tokens, got {self.ppl_window}")
-        if self.n_boot < 1000:
-            raise NegdiffError(f"--n-boot must be >= 1000, got {self.n_boot}")
+        check_perplexity_sizes(self.ppl_tokens, self.ppl_window)
+        check_n_boot(self.n_boot)
 
     def eval_config(self, task: str) -> Any:
         """The EvalConfig of one task of the redrawn ablation."""
-        from negdiff.scoring import ScoringConfig
-        from negdiff.tasks.base import EvalConfig, family_limit
+        from negdiff.tasks.base import step_eval_config
 
-        return EvalConfig(scoring=ScoringConfig(bos=self.bos, max_batch_tokens=self.batch_tokens),
-                          limit=family_limit(task, self.blimp_limit, self.tse_limit, None), seed=self.seed,
-                          n_boot=min(self.n_boot, 1000), ppl_window=self.ppl_window,
-                          max_tokens=self.ppl_tokens if task == "perplexity" else None)
+        return step_eval_config(self, task)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
