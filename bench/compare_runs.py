@@ -36,8 +36,14 @@ SKIP = {"seconds", "seconds_total", "seconds_per_condition", "timing", "versions
         "command", "elapsed", "tokens_per_s", "estimate_seconds", "path", "cache_dir", "created", "wall_s", "layer_cache",
         "record_format", "git_revision", "timings", "model_key"}  # the record header (docs/records.md)
 diffs = []
+def _data_key(k):
+    """A data file keyed by its path (results' data_files): the same file under another NEGDIFF_DATA spelling."""
+    return k.split("/data/", 1)[1] if isinstance(k, str) and "/data/" in k else k
+
+
 def walk(a, b, where):
     if isinstance(a, dict) and isinstance(b, dict):
+        a, b = {_data_key(k): v for k, v in a.items()}, {_data_key(k): v for k, v in b.items()}
         for k in sorted(set(a) | set(b)):
             if k in SKIP or "second" in k or k.endswith("_s"):
                 continue
@@ -92,7 +98,7 @@ for f in sorted(A.rglob("*")):
             diffs.append(f"{rel}: text differs")
         n_md += 1
 print(f"compared {n_json} JSON, {n_pq} parquet, {n_md} markdown files")
-print("\n".join(diffs[:60]) if diffs else "IDENTICAL (every number in every table and record)")
+print("\n".join(diffs if "--all" in sys.argv else diffs[:60]) if diffs else "IDENTICAL (every number in every table and record)")
 print(f"{len(diffs)} differences")
 if RTOL:
     print(f"{close['n']} float values differ within rtol {RTOL:g} (largest relative {close['max_rel']:.2g} at {close['where']})")

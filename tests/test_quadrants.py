@@ -115,3 +115,15 @@ def test_report_renders_the_steps_table_and_verdict_badges():
     assert html.count("<table>") == 1 and "<td class=\"num\">+1.2 [+0.1, +2.3]</td>" in html
     assert 'class="badge b-' in html and "NOT RUN" in html and "- HOLDS" not in html
     assert "<b>label</b> value with columns" in html
+
+
+def test_wide_tables_split_repeating_their_label_columns():
+    from negdiff.report.page import MAX_COLUMNS, md_table
+
+    head = "| condition | n | " + " | ".join(f"c{i}" for i in range(12)) + " |"
+    row = "| wn_neg | 480 | " + " | ".join(f"{i}.0 (+0.{i} [-1, +1])" for i in range(12)) + " |"
+    html = md_table("\n".join([head, "|" + "---|" * 14, row]), keep=2)
+    tables = html.split("</table>")[:-1]
+    assert len(tables) == 2 and all(t.count("<th>") <= MAX_COLUMNS for t in tables)
+    assert all("<th>condition</th><th>n</th>" in t and "wn_neg" in t for t in tables)
+    assert "<th>c0</th>" in tables[0] and "<th>c11</th>" in tables[1] and html.count("<small>") == 12

@@ -11,7 +11,7 @@ import math
 
 from negdiff.report.claims import STATE_STYLE, Row
 
-WIDTH, LABEL, RIGHT, ROW, TOP, BOTTOM = 540, 200, 16, 22, 26, 30
+WIDTH, LABEL, RIGHT, ROW, TOP, BOTTOM = 540, 200, 16, 19, 22, 31
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:

@@ -147,12 +147,25 @@ def findings(lines: list[str]) -> str:
 _CELL = re.compile(r"^(?P<value>[^()]+?)\s*\((?P<delta>.+)\)$")
 
 
-def md_table(md: str, numeric_from: int = 1) -> str:
-    """A Markdown table as an HTML table; a cell "value (diff [lo, hi])" shows the difference on a second line."""
+#: More columns than this do not fit 1280 px with "value (diff [lo, hi])" cells: the table is split.
+MAX_COLUMNS = 9
+
+
+def md_table(md: str, numeric_from: int = 1, keep: int = 1) -> str:
+    """A Markdown table as HTML; a cell "value (diff [lo, hi])" shows the difference on a second line. A table of
+    more than MAX_COLUMNS columns becomes several, each repeating the first ``keep`` columns (never a page that
+    scrolls sideways)."""
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.strip().splitlines()
             if line.startswith("|") and not set(line.replace("|", "").strip()) <= {"-", " ", ":"}]
     if not rows:
         return ""
+    if len(rows[0]) > MAX_COLUMNS:
+        step = MAX_COLUMNS - keep
+        parts = []
+        for lo in range(keep, len(rows[0]), step):
+            part = [r[:keep] + r[lo:lo + step] for r in rows]
+            parts.append(md_table("\n".join("| " + " | ".join(r) + " |" for r in part), numeric_from, keep))
+        return "".join(parts)
     head = "".join(f"<th>{esc(c)}</th>" for c in rows[0])
     body = []
     for row in rows[1:]:
@@ -190,9 +203,6 @@ def first_screen(parts: dict[str, Any]) -> str:
              f"({cfg.get('scope')})"]
     out.append(f'<p class="facts"><b>Sizes:</b> {esc("; ".join(sizes))}.</p>')
     proto = a.get("protocol", {})
-    out.append(f"<p>{len(a['claims'])} claims, one family: Holm-adjusted one-sided p at alpha = {proto.get('alpha')}; "
-               "intervals are 95% and unadjusted; the deciding read-outs, margins and verdict rules are fixed in "
-               "docs/protocol.md before any run.</p>")
     rows = "".join(f"<tr><td>{badge(c['verdict'])}</td><td>{esc(c['claim'])}<br><small>{esc(human(c))}</small></td>"
                    f'<td class="num">{esc(n_text(c))}</td></tr>' for c in a["claims"])
     out.append(f'<table class="claims"><thead><tr><th>verdict</th><th>claim, and the deciding read-out: estimate '
@@ -206,6 +216,9 @@ def first_screen(parts: dict[str, Any]) -> str:
     seen = {c["verdict"] for c in a["claims"]}
     legend = " ".join(f"{badge(v)}{esc(STATE_STYLE[v][2])}." for v in STATE_STYLE if v in seen)
     out.append(f'<p class="legend">{legend}</p>')
+    out.append(f"<p>{len(a['claims'])} claims, one family: Holm-adjusted one-sided p at alpha = {proto.get('alpha')}; "
+               "intervals are 95% and unadjusted; the deciding read-outs, margins and verdict rules are fixed in "
+               f"docs/protocol.md (version {esc(proto.get('version'))}) before any run.</p>")
     return "".join(out)
 
 
@@ -218,7 +231,7 @@ def ablate_section(a: dict[str, Any], folder: Path) -> str:
         dd = dose.get("ppl_doubles_at")
         notes.append(f"Dose response: perplexity doubles at p = {100 * dd:.2f}% per layer." if dd
                      else "Dose response: perplexity does not double within the sweep.")
-    return (md_table(table_markdown(a)) + "".join(f"<p><small>{esc(n)}</small></p>" for n in notes)
+    return (md_table(table_markdown(a), keep=2) + "".join(f"<p><small>{esc(n)}</small></p>" for n in notes)
             + figures(folder / "figures"))
 
 
