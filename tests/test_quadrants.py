@@ -47,6 +47,7 @@ def test_ungated_model_refused_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # ~1 min on 2 cores: 13 conditions; the hooks are checked in the default suite (test_gate_up.py)
 @needs_data
 def test_run_quadrants_end_to_end_recomputed_and_resumed(tiny_model_dir, scan_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("NEGDIFF_DATA", str(DATA))

@@ -65,6 +65,7 @@ def test_replicate_summary_by_hand():
     assert s["reference_p_wn"] == {"mean": 0.75, "share_ge_0.9": 0.5, "share_lt_0.5": 0.0}
 
 
+@pytest.mark.slow  # ~1 min on 2 cores; the merge and bootstrap arithmetic are checked in the default suite above
 @needs_data
 def test_run_stability_end_to_end(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("NEGDIFF_DATA", str(DATA))
