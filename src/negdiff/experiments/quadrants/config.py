@@ -15,8 +15,8 @@ from negdiff.runs import check_counts, check_n_boot, check_perplexity_sizes
 
 @dataclass
 class QuadrantsConfig:
-    """Sizes of the quadrant run. Defaults: 1 + 4 x (1 + 5) = 25 conditions on perplexity, BLiMP and TSE; about
-    50 s each on SmolLM2-135M with 2 threads, so ~20 minutes."""
+    """Sizes of the quadrant run. Defaults: 1 + 4 x (1 + 5) = 25 conditions on perplexity, BLiMP and TSE; 83-111 s
+    each on SmolLM2-135M with 2 free threads (measured), so ~40 minutes."""
 
     tasks: tuple[str, ...] = opt(("perplexity", "blimp", "tse"), "tasks or aliases")
     seeds: int = opt(5, "random layer-matched sets per quadrant (the same sets in every quadrant; paper.md: >= 5)")

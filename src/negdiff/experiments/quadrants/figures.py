@@ -32,6 +32,9 @@ def quadrant_deltas(record: dict[str, Any], path: Path) -> Path:
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(x, [record["modes"][q].replace(", ", "\n") for q in qs], fontsize=7)
         ax.set(title=title, ylabel=ylabel)
+        if key == "perplexity" and np.nanmax(np.abs(ax.get_ylim())) > 20:  # the gate > 0 quadrants dwarf the rest
+            ax.set_yscale("symlog", linthresh=1.0)
+            ax.set_ylabel(ylabel + " (symlog)")
         ax.legend()
     fig.suptitle("zeroing one gate-by-up sign quadrant of act(gate) x up; whiskers: 95% CI (none: n < 10)", fontsize=8)
     fig.tight_layout()
