@@ -91,7 +91,8 @@ def main() -> int:
              "|---|---|---|---|---|---|"]
     for name, r in summary.items():
         p = r["pairs_both_negative_wn_minus_random"]
-        ci = f" [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]" if p.get("ci_low") is not None else ""
+        ci = (f" [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]" if not p.get("too_small") and p.get("ci_low")
+              is not None and p["ci_low"] == p["ci_low"] else f" (n = {p.get('n_neurons')} neurons: no interval)")
         abl = r["ablation"] if isinstance(r["ablation"], str) else "; ".join(
             f"{k}: {v['verdict']}" for k, v in r["ablation"].items())
         lines.append(f"| {name} | {r['n_wn']} | {r['median_wd_wn']:.3f} / {r['median_wd_rest']:.3f} | "

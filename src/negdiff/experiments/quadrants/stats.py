@@ -116,9 +116,14 @@ COLUMNS = (("perplexity", "Δ perplexity", 1, "+.3f"), ("blimp", "Δ BLiMP acc (
            ("tse:margin", "Δ TSE margin (nats/token)", 1, "+.4f"))
 
 
+def _columns(record: dict[str, Any]) -> list[tuple]:
+    """The table's columns that some condition has a delta for."""
+    return [c for c in COLUMNS if any(c[0] in d for d in record["delta"].values())]
+
+
 def table_rows(record: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Quadrant x (WN, random) rows of deltas to baseline [95% CI]: the table of the step."""
-    cols = [c for c in COLUMNS if any(c[0] in record["delta"].get(g, {}) for g in record["delta"])]
+    cols = _columns(record)
     header = ["quadrant", "neurons", *(c[1] for c in cols)]
     rows = []
     for mode in QUADRANTS:
@@ -134,7 +139,7 @@ def table_rows(record: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def table_csv(record: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """The table's numbers, one column each (diff, ci_low, ci_high in the unit its header names)."""
-    cols = [c for c in COLUMNS if any(c[0] in record["delta"].get(g, {}) for g in record["delta"])]
+    cols = _columns(record)
     header = ["quadrant", "set", "n_sets", "n_neurons"] + [f"{c[1]} {k}" for c in cols for k in ("diff", "ci_low", "ci_high")]
     rows: list[list[Any]] = []
     for mode in QUADRANTS:
