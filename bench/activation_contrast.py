@@ -55,9 +55,18 @@ def summarize(folder: Path, act: str) -> dict:
         rec = json.loads((folder / "ablate" / "ablation.json").read_text())
         row["ablation"] = {c["id"]: {k: c.get(k) for k in ("verdict", "estimate", "ci", "unit", "n", "units")}
                            for c in rec["claims"]}
-    dyn = folder / "dynamics" / "dynamics.json"
+    dyn = folder / "dynamics" / "dynamics.parquet"
     if dyn.is_file():
-        row["dynamics_summary"] = json.loads(dyn.read_text()).get("summary_lines", [])
+        t = pd.read_parquet(dyn)
+        t = t[t.status == "ok"]
+        keep = ["step", "wd_cohort_q50", "wd_all_q50"] + [c for c in t if c.startswith("jaccard")]
+        keep += [] if act == "relu" else [c for c in t if c.startswith(("d_tse_cohort_neg", "d_blimp_cohort_neg",
+                                                                         "d_tse_random_neg", "d_blimp_random_neg"))]
+        row["dynamics"] = t[[c for c in keep if c in t]].to_dict(orient="records")
+        row["dynamics_summary"] = json.loads((folder / "dynamics" / "dynamics.json").read_text())["summary_lines"]
+        if act == "relu":
+            row["dynamics_note"] = "WD and cohort overlap only: the cohort's negative-zeroing is the identity under ReLU"
+
     return row
 
 
@@ -85,6 +94,11 @@ def main() -> int:
         if act != "relu":
             negdiff("ablate", str(final), "--scan", str(folder / "scan"), "--out", str(folder / "ablate"), "--no-dose",
                     "--tasks", "perplexity,blimp,tse", *sizes)
+        # the cohort over training: for ReLU only its WD/overlap columns mean anything (the ablation is the identity)
+        dyn_sizes = (["--tokens", "2048", "--blimp-limit", "2", "--tse-limit", "2", "--ppl-tokens", "640",
+                      "--ppl-window", "64"] if args.tiny else [])
+        negdiff("dynamics", "--checkpoints", str(folder / "train"), "--out", str(folder / "dynamics"), *dyn_sizes,
+                *(["--tasks", "perplexity"] if act == "relu" else []))
         summary[f"{arch}-{act}"] = summarize(folder, act)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     lines = ["| model | WN | median WD WN / rest | share h<0 WN / rest | both-negative pairs WN - random | ablation |",

@@ -72,13 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rank = distributed.from_env()
     data_before = os.environ.get("NEGDIFF_DATA")
+    clean = False
     try:
         apply_data_arg(getattr(args, "data", None))
         _apply_threads(args)
         if rank.active and hasattr(args, "device"):  # torchrun: one process per device, joined in a group
             args.device = distributed.device_for(args.device, rank)
             distributed.init(args.device)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        clean = True
+        return code
     except NegdiffError as exc:
         print(f"negdiff: error: {exc}", file=sys.stderr)
         return 2
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print("negdiff: interrupted; finished steps are kept and a rerun resumes", file=sys.stderr)
         return 130
     finally:
-        distributed.finish(rank)
+        distributed.finish(rank, clean)
         if data_before is None:  # --data holds for this command only (main may run many times in one process)
             os.environ.pop("NEGDIFF_DATA", None)
         else:
