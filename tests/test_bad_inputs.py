@@ -247,6 +247,6 @@ def test_eval_says_partial_blimp_and_drops_stale_items(env, tmp_path, capsys):
     record = json.loads((out / "results.json").read_text())
     assert record["tasks"]["blimp"]["config"]["n_paradigms"] == 1
     assert (out / "items_blimp.parquet").is_file()
-    assert cli.main(["eval", *base, "--tasks", "tse"]) == 0
+    assert cli.main(["eval", *base, "--tasks", "tse", "--tse-limit", "2"]) == 0
     assert sorted(p.name for p in out.glob("items_*.parquet")) == ["items_tse.parquet"]
     assert list(json.loads((out / "results.json").read_text())["item_files"]) == ["tse"]

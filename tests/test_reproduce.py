@@ -184,6 +184,7 @@ def _cli(args: list[str], env: dict) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # two whole reproduce runs in subprocesses (~2 min); the in-process resume test stays default
 def test_killed_reproduce_resumes_to_the_same_report(tiny_model_dir, tmp_path):
     sizes = tmp_path / "sizes.json"
     sizes.write_text(json.dumps(TINY))

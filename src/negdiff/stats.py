@@ -294,9 +294,7 @@ class NeuronStats:
         skew = torch.where(ok, st["m3"] / n / safe_var**1.5, math.nan)
         kurt = torch.where(ok, st["m4"] / n / safe_var**2 - 3.0, math.nan)
         parts: dict[str, list[torch.Tensor]] = {}
-        step = max(1, chunk_elements // self.n_bins)
-        for lo in range(0, d, step):
-            sl = slice(lo, min(d, lo + step))
+        for sl in self._chunks(chunk_elements):
             for key, val in self._wd_chunk(sl, torch.where(ok[sl], std[sl], 1.0)).items():
                 parts.setdefault(key, []).append(val)
         w = {k: torch.cat(v).masked_fill(~ok, math.nan) for k, v in parts.items()}
@@ -330,14 +328,17 @@ class NeuronStats:
             return np.full(self.width, np.nan)
         std = (self._state["m2"] / self.n).sqrt()
         ok = std > 0
-        step = max(1, chunk_elements // self.n_bins)
         parts = []
-        for lo in range(0, self.width, step):
-            sl = slice(lo, min(self.width, lo + step))
+        for sl in self._chunks(chunk_elements):
             a, b, left, right, n, _, _ = self._intervals(sl, torch.where(ok[sl], std[sl], 1.0))
             neg_t, pos_t = _interval_terms(a, b, left, right, n)
             parts.append((neg_t + pos_t).sum(1))
         return torch.cat(parts).masked_fill(~ok, math.nan).to("cpu", torch.float64).numpy()
+
+    def _chunks(self, chunk_elements: int) -> list[slice]:
+        """Neuron slices whose bin tables hold about ``chunk_elements`` values (bounded memory at any width)."""
+        step = max(1, chunk_elements // self.n_bins)
+        return [slice(lo, min(self.width, lo + step)) for lo in range(0, self.width, step)]
 
     def _intervals(self, sl: slice, std: torch.Tensor) -> tuple:
         """The piecewise-linear CDF of neurons ``sl`` as intervals [a, b] with counts at their ends (z units),

@@ -41,7 +41,8 @@ class LayerWorkers:
     """
 
     def __init__(self, threads: int | None = None) -> None:
-        self.threads = max(1, int(torch.get_num_threads() if threads is None else threads))
+        self._caller_threads = torch.get_num_threads()  # put back after each group (not ``threads``: they may differ)
+        self.threads = max(1, int(self._caller_threads if threads is None else threads))
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="negdiff-layer",
                                         initializer=_one_thread) if self.threads > 1 else None
         self._queue: list[Callable[[], None]] = []
@@ -62,7 +63,7 @@ class LayerWorkers:
         jobs, self._queue = self._queue, []
         futures: list[Future] = [self._pool.submit(job) for job in jobs]
         errors = [f.exception() for f in futures]
-        torch.set_num_threads(self.threads)  # the workers' set_num_threads(1) also changed torch's default
+        torch.set_num_threads(self._caller_threads)  # the workers' set_num_threads(1) also changed torch's default
         for err in errors:
             if err is not None:
                 raise err
