@@ -1,6 +1,6 @@
 """Fetching data, offline: converters on hand-made rows, TSE pickles read without running code, and the
 download path (announcement, sha256 manifest, refusal of a corrupt file, offline errors) against a local
-HTTP server that the URL table is pointed at through the mirror setting."""
+HTTP server (conftest's ``server``) that the URL table is pointed at through the mirror setting."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ import hashlib
 import json
 import pickle
 import socket
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -107,29 +104,6 @@ def test_tse_fixture_conditions_round_trip_to_the_staged_lines():
 
 
 # ---------------------------------------------------------------------------------------------- downloads
-class _Handler(SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep the test output clean
-        pass
-
-    def do_GET(self) -> None:
-        self.server.hits.append(self.path)  # type: ignore[attr-defined]
-        super().do_GET()
-
-
-@pytest.fixture
-def server(tmp_path):
-    """A local HTTP server over tmp_path/www, laid out as <host>/<path> (the mirror layout)."""
-    www = tmp_path / "www"
-    www.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(www)))
-    httpd.hits = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield www, f"http://127.0.0.1:{httpd.server_address[1]}", httpd.hits
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def _closed_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,15 +123,6 @@ def _serve_piqa(www: Path) -> dict[str, bytes]:
     for name, data in files.items():
         (d / name).write_bytes(data)
     return files
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """An empty cache folder in use: NEGDIFF_DATA unset, NEGDIFF_CACHE pointing into tmp_path."""
-    monkeypatch.delenv("NEGDIFF_DATA", raising=False)
-    monkeypatch.delenv("NEGDIFF_DATA_MIRROR", raising=False)
-    monkeypatch.setenv("NEGDIFF_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "data"
 
 
 def test_fetch_into_the_cache_announces_records_hashes_and_reuses(server, cache, capsys, monkeypatch):
