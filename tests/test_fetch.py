@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from negdiff import NegdiffError, cli, tse_pickles
+from negdiff import NegdiffError, cli, datasets, tse_pickles
 from negdiff.datasets import arc_rows, boolq_rows, fetch, hellaswag_rows, piqa_rows, winogrande_rows
 from negdiff.datastore import ensure
 from negdiff.download import MANIFEST
@@ -201,12 +201,17 @@ def test_a_user_named_folder_is_never_filled_behind_the_users_back(tmp_path, cac
     monkeypatch.setenv("NEGDIFF_DATA", str(mine))
     monkeypatch.setenv("NEGDIFF_DATA_MIRROR", _closed_port())  # a fetch attempt would say "cannot download"
     assert ensure(["blimp"]) == mine  # a staged folder without a manifest is used as it is
+    # every dataset negdiff reads is fetchable now; one that is not (a source gone) is named with what to do
+    monkeypatch.setitem(datasets.NOT_FETCHED, "gone", "its source was withdrawn; copy a staged gone folder")
     with pytest.raises(NegdiffError) as exc:
-        ensure(["blimp", "tse", "train_corpus"])
+        ensure(["blimp", "tse", "train_corpus", "gone"])
     msg = str(exc.value)
-    assert msg.startswith(f"dataset folders 'tse', 'train_corpus' not found in {mine} (NEGDIFF_DATA / --data); online, "
-                          f"`negdiff data fetch --only tse --dest {mine}` fetches it; train_corpus: ")
+    assert msg.startswith(f"dataset folders 'tse', 'train_corpus', 'gone' not found in {mine} (NEGDIFF_DATA / --data); "
+                          f"online, `negdiff data fetch --only tse,train_corpus --dest {mine}` fetches them; gone: its "
+                          "source was withdrawn; copy a staged gone folder; or copy them from a staged data folder")
     assert "cannot download" not in msg and not (mine / "tse").exists()
+    with pytest.raises(NegdiffError, match="cannot fetch 'gone': its source was withdrawn"):
+        fetch(mine, ["gone"])
 
 
 def test_reproduce_checks_every_steps_data_before_any_model(cache, monkeypatch):
@@ -227,8 +232,10 @@ def test_data_fetch_command(server, cache, capsys, monkeypatch):
     monkeypatch.setenv("NEGDIFF_DATA_MIRROR", url)
     assert cli.main(["data", "fetch", "--only", "piqa"]) == 0
     assert f"fetched piqa into {cache}" in capsys.readouterr().out
+    monkeypatch.setitem(datasets.NOT_FETCHED, "gone", "its source was withdrawn")
     assert cli.main(["data", "list"]) == 0
     out = capsys.readouterr().out
     assert "piqa             fetched, verified" in out and "tse              missing" in out
+    assert "train_corpus     missing" in out and "gone             missing" in out  # listed, though not fetchable
     assert cli.main(["data", "fetch", "--only", "nope"]) == 2
     assert "cannot fetch 'nope': unknown dataset" in capsys.readouterr().err
