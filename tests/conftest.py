@@ -1,8 +1,12 @@
-"""Shared fixtures: tiny randomly initialised models of every supported family, built offline."""
+"""Shared fixtures: tiny randomly initialised models of every supported family, built offline; a local HTTP
+server and an empty cache folder for the fetch tests."""
 
 from __future__ import annotations
 
 import os
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 os.environ.setdefault("NEGDIFF_PROGRESS", "0")
@@ -125,3 +129,36 @@ def word_corpus(tmp_path_factory):
     words = "the a of to in cat dog sat ran on mat and was is it quickly house tree".split()
     path.write_text("\n\n".join(" ".join(rng.choice(words, 60)) + "." for _ in range(30)))
     return path
+
+
+# ---------------------------------------------------------------------------------------------- fetching
+class _Handler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep the test output clean
+        pass
+
+    def do_GET(self) -> None:
+        self.server.hits.append(self.path)  # type: ignore[attr-defined]
+        super().do_GET()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server over tmp_path/www, laid out as <host>/<path> (the mirror layout)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(www)))
+    httpd.hits = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{httpd.server_address[1]}", httpd.hits
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder in use: NEGDIFF_DATA unset, NEGDIFF_CACHE pointing into tmp_path."""
+    monkeypatch.delenv("NEGDIFF_DATA", raising=False)
+    monkeypatch.delenv("NEGDIFF_DATA_MIRROR", raising=False)
+    monkeypatch.setenv("NEGDIFF_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "data"

@@ -1,6 +1,6 @@
 """Fetching data, offline: converters on hand-made rows, TSE pickles read without running code, and the
 download path (announcement, sha256 manifest, refusal of a corrupt file, offline errors) against a local
-HTTP server that the URL table is pointed at through the mirror setting."""
+HTTP server (conftest's ``server``) that the URL table is pointed at through the mirror setting."""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ import hashlib
 import json
 import pickle
 import socket
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from negdiff import NegdiffError, cli, tse_pickles
+from negdiff import NegdiffError, cli, datasets, tse_pickles
 from negdiff.datasets import arc_rows, boolq_rows, fetch, hellaswag_rows, piqa_rows, winogrande_rows
 from negdiff.datastore import ensure
 from negdiff.download import MANIFEST
@@ -107,29 +104,6 @@ def test_tse_fixture_conditions_round_trip_to_the_staged_lines():
 
 
 # ---------------------------------------------------------------------------------------------- downloads
-class _Handler(SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep the test output clean
-        pass
-
-    def do_GET(self) -> None:
-        self.server.hits.append(self.path)  # type: ignore[attr-defined]
-        super().do_GET()
-
-
-@pytest.fixture
-def server(tmp_path):
-    """A local HTTP server over tmp_path/www, laid out as <host>/<path> (the mirror layout)."""
-    www = tmp_path / "www"
-    www.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(www)))
-    httpd.hits = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield www, f"http://127.0.0.1:{httpd.server_address[1]}", httpd.hits
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def _closed_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,15 +123,6 @@ def _serve_piqa(www: Path) -> dict[str, bytes]:
     for name, data in files.items():
         (d / name).write_bytes(data)
     return files
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """An empty cache folder in use: NEGDIFF_DATA unset, NEGDIFF_CACHE pointing into tmp_path."""
-    monkeypatch.delenv("NEGDIFF_DATA", raising=False)
-    monkeypatch.delenv("NEGDIFF_DATA_MIRROR", raising=False)
-    monkeypatch.setenv("NEGDIFF_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "data"
 
 
 def test_fetch_into_the_cache_announces_records_hashes_and_reuses(server, cache, capsys, monkeypatch):
@@ -236,12 +201,17 @@ def test_a_user_named_folder_is_never_filled_behind_the_users_back(tmp_path, cac
     monkeypatch.setenv("NEGDIFF_DATA", str(mine))
     monkeypatch.setenv("NEGDIFF_DATA_MIRROR", _closed_port())  # a fetch attempt would say "cannot download"
     assert ensure(["blimp"]) == mine  # a staged folder without a manifest is used as it is
+    # every dataset negdiff reads is fetchable now; one that is not (a source gone) is named with what to do
+    monkeypatch.setitem(datasets.NOT_FETCHED, "gone", "its source was withdrawn; copy a staged gone folder")
     with pytest.raises(NegdiffError) as exc:
-        ensure(["blimp", "tse", "train_corpus"])
+        ensure(["blimp", "tse", "train_corpus", "gone"])
     msg = str(exc.value)
-    assert msg.startswith(f"dataset folders 'tse', 'train_corpus' not found in {mine} (NEGDIFF_DATA / --data); online, "
-                          f"`negdiff data fetch --only tse --dest {mine}` fetches it; train_corpus: ")
+    assert msg.startswith(f"dataset folders 'tse', 'train_corpus', 'gone' not found in {mine} (NEGDIFF_DATA / --data); "
+                          f"online, `negdiff data fetch --only tse,train_corpus --dest {mine}` fetches them; gone: its "
+                          "source was withdrawn; copy a staged gone folder; or copy them from a staged data folder")
     assert "cannot download" not in msg and not (mine / "tse").exists()
+    with pytest.raises(NegdiffError, match="cannot fetch 'gone': its source was withdrawn"):
+        fetch(mine, ["gone"])
 
 
 def test_reproduce_checks_every_steps_data_before_any_model(cache, monkeypatch):
@@ -262,8 +232,10 @@ def test_data_fetch_command(server, cache, capsys, monkeypatch):
     monkeypatch.setenv("NEGDIFF_DATA_MIRROR", url)
     assert cli.main(["data", "fetch", "--only", "piqa"]) == 0
     assert f"fetched piqa into {cache}" in capsys.readouterr().out
+    monkeypatch.setitem(datasets.NOT_FETCHED, "gone", "its source was withdrawn")
     assert cli.main(["data", "list"]) == 0
     out = capsys.readouterr().out
     assert "piqa             fetched, verified" in out and "tse              missing" in out
+    assert "train_corpus     missing" in out and "gone             missing" in out  # listed, though not fetchable
     assert cli.main(["data", "fetch", "--only", "nope"]) == 2
     assert "cannot fetch 'nope': unknown dataset" in capsys.readouterr().err
