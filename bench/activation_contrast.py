@@ -10,7 +10,7 @@ and, for the smooth activations, ablated (`negdiff ablate --no-dose`: wn_neg vs 
 BLiMP/TSE margins, Holm over the ablation's claims). For ReLU, zeroing the negative pre-activations is the
 identity by construction (ReLU already outputs 0 there), so its contrast is the WD structure and the pairs
 analysis only: the script says so in the table instead of printing an empty ablation. `negdiff dynamics`
-then follows each model's WN cohort over its checkpoints.
+then follows each model's WN cohort over its checkpoints, and `negdiff report` renders each model's folder.
 
 Every step is a negdiff command (resumable: rerun the script and finished steps are reused). Writes
 OUT/summary.json and OUT/summary.md. `--tiny` is the test size (seconds per model), not a result.
@@ -59,13 +59,16 @@ def summarize(folder: Path, act: str) -> dict:
     if dyn.is_file():
         t = pd.read_parquet(dyn)
         t = t[t.status == "ok"]
-        keep = ["step", "wd_cohort_q50", "wd_all_q50"] + [c for c in t if c.startswith("jaccard")]
-        keep += [] if act == "relu" else [c for c in t if c.startswith(("d_tse_cohort_neg", "d_blimp_cohort_neg",
-                                                                         "d_tse_random_neg", "d_blimp_random_neg"))]
+        keep = ["step", "wd_cohort_q50", "wd_all_q50", "perplexity_baseline", "blimp_baseline", "tse_baseline"]
+        keep += [c for c in t if c.startswith("jaccard")]
+        keep += [c for c in t if c.startswith(("d_tse_cohort_neg", "d_blimp_cohort_neg", "d_tse_random_neg",
+                                               "d_blimp_random_neg"))]
         row["dynamics"] = t[[c for c in keep if c in t]].to_dict(orient="records")
         row["dynamics_summary"] = json.loads((folder / "dynamics" / "dynamics.json").read_text())["summary_lines"]
         if act == "relu":
-            row["dynamics_note"] = "WD and cohort overlap only: the cohort's negative-zeroing is the identity under ReLU"
+            deltas = t[[c for c in t if c.startswith("d_") and c.endswith("_cohort_neg")]].abs().to_numpy()
+            row["dynamics_note"] = ("baselines, WD and cohort overlap only: the cohort's negative-zeroing is the identity "
+                                    f"under ReLU (largest |delta| over checkpoints: {deltas.max():.2g})")
 
     return row
 
@@ -94,27 +97,38 @@ def main() -> int:
         if act != "relu":
             negdiff("ablate", str(final), "--scan", str(folder / "scan"), "--out", str(folder / "ablate"), "--no-dose",
                     "--tasks", "perplexity,blimp,tse", *sizes)
-        # the cohort over training: for ReLU only its WD/overlap columns mean anything (the ablation is the identity)
+        # the cohort over training, at the same sizes for every model: the baseline BLiMP/TSE/perplexity per checkpoint
+        # is the contrast's syntax-over-training read-out; for ReLU the cohort's negative-zeroing is the identity, so
+        # its deltas must come out exactly 0 (a check, not a result)
         dyn_sizes = (["--tokens", "2048", "--blimp-limit", "2", "--tse-limit", "2", "--ppl-tokens", "640",
                       "--ppl-window", "64"] if args.tiny else [])
-        negdiff("dynamics", "--checkpoints", str(folder / "train"), "--out", str(folder / "dynamics"), *dyn_sizes,
-                *(["--tasks", "perplexity"] if act == "relu" else []))
+        negdiff("dynamics", "--checkpoints", str(folder / "train"), "--out", str(folder / "dynamics"), *dyn_sizes)
+        negdiff("report", str(folder))  # each model's steps in one report.html (scan, pairs, ablate, dynamics)
         summary[f"{arch}-{act}"] = summarize(folder, act)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    lines = ["| model | WN | median WD WN / rest | share h<0 WN / rest | both-negative pairs WN - random | ablation |",
-             "|---|---|---|---|---|---|"]
+    lines = table(summary)
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def table(summary: dict) -> list[str]:
+    """The contrast as a Markdown table, one row per model."""
+    lines = ["| model | final ppl / BLiMP % / TSE % | WN | median WD WN / rest | share h<0 WN / rest | "
+             "both-negative pairs WN - random | ablation |", "|---|---|---|---|---|---|---|"]
     for name, r in summary.items():
         p = r["pairs_both_negative_wn_minus_random"]
         ci = (f" [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]" if not p.get("too_small") and p.get("ci_low")
               is not None and p["ci_low"] == p["ci_low"] else f" (n = {p.get('n_neurons')} neurons: no interval)")
         abl = r["ablation"] if isinstance(r["ablation"], str) else "; ".join(
             f"{k}: {v['verdict']}" for k, v in r["ablation"].items())
-        lines.append(f"| {name} | {r['n_wn']} | {r['median_wd_wn']:.3f} / {r['median_wd_rest']:.3f} | "
+        last = (r.get("dynamics") or [{}])[-1]
+        base = (f"{last['perplexity_baseline']:.0f} / {100 * last['blimp_baseline']:.1f} / {100 * last['tse_baseline']:.1f}"
+                if "tse_baseline" in last else "-")
+        lines.append(f"| {name} | {base} | {r['n_wn']} | {r['median_wd_wn']:.3f} / {r['median_wd_rest']:.3f} | "
                      f"{100 * r['frac_negative_wn']:.1f}% / {100 * r['frac_negative_rest']:.1f}% | "
                      f"{100 * p['value']:+.1f} pts{ci} | {abl} |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    return lines
 
 
 if __name__ == "__main__":
