@@ -43,7 +43,8 @@ def overlap_panel(record: dict[str, Any], path: Path) -> Path:
         r = r.sort_values("tokens")
         ax.plot(r.tokens, r.jaccard_reference, "o-", ms=4, label=corpus)
     ax.set(xscale="log", xlabel="tokens read (log)", ylabel="Jaccard with the reference WN set", ylim=(-0.03, 1.03),
-           title=f"WN set by corpus and budget (reference: {record['config']['corpus']}, all tokens)")
+           title=f"WN set by corpus and budget (reference: {record['config']['corpus']}, "
+                 f"{record['tokens_read'][record['config']['corpus']]:,} tokens)")
     ax.legend()
     fig.tight_layout()
     return save(fig, path)
