@@ -219,3 +219,41 @@ def test_killed_reproduce_resumes_to_the_same_report(tiny_model_dir, tmp_path):
     assert table(run / "report.md") == table(tmp_path / "clean" / "report.md")
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in manifest["steps"].values())
+
+
+def test_a_caption_follows_the_step_when_two_steps_share_a_figure_name(tmp_path):
+    """dynamics/figures/overlap.png and stability/figures/overlap.png explain different things."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from negdiff.report.page import CAPTIONS, figure
+
+    html = {}
+    for step in ("dynamics", "stability", "pairs"):
+        path = tmp_path / step / "figures" / "overlap.png"
+        path.parent.mkdir(parents=True)
+        fig, ax = plt.subplots(figsize=(2, 1))
+        ax.plot([0, 1])
+        fig.savefig(path)
+        plt.close(fig)
+        html[step] = figure(path).replace("&#x27;", "'")
+    assert f"<figcaption>{CAPTIONS['dynamics/overlap']}</figcaption>" in html["dynamics"]
+    assert f"<figcaption>{CAPTIONS['stability/overlap']}</figcaption>" in html["stability"]
+    assert "<figcaption>overlap</figcaption>" in html["pairs"]  # no caption declared for pairs: its name
+
+
+def test_a_qualified_holds_says_so_beside_its_badge():
+    """A claim that holds inside the equivalence margin, with its accuracy read-out the other way, reads so."""
+    from negdiff.report.claims import human
+
+    claim = {"verdict": "holds", "readout": "blimp: margin change, wn_neg - random_neg", "unit": "nats",
+             "estimate": -0.0042, "ci": [-0.0062, -0.0021], "readouts_disagree_in_sign": True,
+             "note": "holds, but the estimate is inside the declared equivalence margin (small effect)",
+             "also": {"acc": {"estimate": 0.001, "ci": [-0.001, 0.002]}}}
+    assert human(claim) == ("-0.004 nats [-0.006, -0.002]; accuracy +0.1 pts [-0.1, +0.2] (the read-outs disagree "
+                            "in sign); small: the estimate is inside the declared equivalence margin")
+    clean = {**claim, "readouts_disagree_in_sign": False, "note": None}
+    assert human(clean) == "-0.004 nats [-0.006, -0.002]; accuracy +0.1 pts [-0.1, +0.2]"
+    assert "small" not in human({**claim, "verdict": "does not hold"})

@@ -94,6 +94,11 @@ def human(claim: dict[str, Any]) -> str:
     if acc and acc.get("estimate") is not None:
         lo, hi = acc.get("ci") or (None, None)
         text += f"; accuracy {100 * acc['estimate']:+.1f} pts" + (f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if lo is not None else "")
+    if claim.get("verdict") == "holds":  # a qualified "holds" must not read as a clean one beside its badge
+        if claim.get("readouts_disagree_in_sign"):
+            text += " (the read-outs disagree in sign)"
+        if "equivalence margin" in (claim.get("note") or ""):
+            text += "; small: the estimate is inside the declared equivalence margin"
     return text
 
 

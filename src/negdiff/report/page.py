@@ -19,7 +19,8 @@ from typing import Any
 from negdiff.report.claims import STATE_STYLE, forest_rows, human, n_text
 from negdiff.report.forest import forest_html
 
-#: What to look at in each figure, by file stem (a stem not listed gets its title-cased name).
+#: What to look at in each figure, by "step/stem" where two steps share a stem, else by stem (a stem not listed
+#: gets its name).
 CAPTIONS = {
     "wd_by_layer": "Wasserstein distance to N(0,1) by layer: the selected WN (top 1% per layer) against all neurons.",
     "wn_per_layer": "How many WN each layer holds (per-layer selection makes this flat; global selection would not).",
@@ -43,6 +44,23 @@ CAPTIONS = {
     "phenomenon_heatmap": "Accuracy change by BLiMP phenomenon and layer group.",
     "quadrant_deltas": "Gated MLPs: one sign quadrant of act(gate) x up zeroed at a time, on the WN (red) and on "
                        "random neurons (grey), 95% CIs: which quadrant carries the WN's negative-region harm?",
+    "stability/bootstrap": "(a) Each neuron's probability of being a WN over the shard-bootstrap replicates (the reference "
+                           "WN in red); (b) each replicate's WN set against the full-data set (Jaccard): the spread of "
+                           "the replicates, not a confidence interval.",
+    "stability/overlap": "The WN set of each corpus and token budget against the reference set (Jaccard): how much of "
+                         "'the WN' depends on the corpus and the budget they were selected on?",
+    "stability/redraws": "wn_neg on the reference WN set and on sets redrawn from bootstrap replicates, 95% CIs: does "
+                         "the headline ablation depend on which set was drawn?",
+    "dynamics/wd": "WD of the final checkpoint's WN cohort and of all neurons over training: when do the WN separate "
+                   "from the rest?",
+    "dynamics/overlap": "Each checkpoint's re-identified WN set against the final set (Jaccard): when does the set "
+                        "settle?",
+    "dynamics/ablation": "Top: the read-outs per checkpoint under each condition; bottom: change against the baseline "
+                         "with 95% paired CIs: does the cohort's harm grow, and exceed random neurons', as the WN emerge?",
+    "dynamics/weight_change": "How far the neurons' input weights turn between checkpoints (1 - cos), cohort against "
+                              "random neurons: when do the WN's weights settle?",
+    "dynamics/wd_vs_tse": "Cohort WD against TSE accuracy across checkpoints (descriptive: checkpoints are a time series, "
+                          "not independent samples; no CI).",
 }
 
 CSS = """
@@ -95,7 +113,7 @@ def figure(path: Path) -> str:
     src = "data:image/png;base64," + base64.b64encode(data).decode()
     width, height = struct.unpack(">II", data[16:24]) if data[:8] == b"\x89PNG\r\n\x1a\n" else (1, 1)
     stem = re.sub(r"_L\d+$", "", path.stem)
-    caption = CAPTIONS.get(stem) or path.stem.replace("_", " ")
+    caption = CAPTIONS.get(f"{path.parent.parent.name}/{stem}") or CAPTIONS.get(stem) or path.stem.replace("_", " ")
     if path.stem.startswith("panel_L"):
         caption = (f"Neuron panel, layer {path.stem[7:]}: the top WN's pre-activation histogram with its most "
                    "differentiated token pairs marked; pairs on the negative side are what the paper reads.")
