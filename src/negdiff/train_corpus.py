@@ -20,7 +20,6 @@ order (the same seeded shuffle of the same pre-shuffle order) are the staged one
 from __future__ import annotations
 
 import gzip
-import json
 import random
 import re
 import unicodedata
@@ -28,6 +27,7 @@ from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 from negdiff.errors import NegdiffError
+from negdiff.tse_pickles import jsonl_text
 
 RAW = "https://raw.githubusercontent.com"
 SEED = 20250601  #: the documents are shuffled with this seed, so any prefix has the same mix of sources
@@ -353,11 +353,10 @@ def corpus_files(docs: list[Document]) -> dict[str, bytes]:
     if not docs:
         raise NegdiffError("the training corpus came out empty: no document survived the cleaning")
     text = "\n\n".join(d.text for d in docs) + "\n"
-    rows = [json.dumps({"doc": i, "source": d.source, "id": d.id, "title": d.title, "part": d.part,
-                        "paragraphs": d.text.count("\n") + 1, "chars": len(d.text)}, ensure_ascii=False)
-            for i, d in enumerate(docs)]
+    rows = [{"doc": i, "source": d.source, "id": d.id, "title": d.title, "part": d.part,
+             "paragraphs": d.text.count("\n") + 1, "chars": len(d.text)} for i, d in enumerate(docs)]
     return {"train.txt.gz": gzip.compress(text.encode(), mtime=0),
-            "manifest.jsonl.gz": gzip.compress(("\n".join(rows) + "\n").encode(), mtime=0)}
+            "manifest.jsonl.gz": gzip.compress(jsonl_text(rows).encode(), mtime=0)}
 
 
 class Getter(Protocol):
