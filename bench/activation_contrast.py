@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,8 @@ def summarize(folder: Path, act: str) -> dict:
         row["ablation"] = "not run: zero_negative is the identity under ReLU (its output is already 0 for h < 0)"
     else:
         rec = json.loads((folder / "ablate" / "ablation.json").read_text())
-        row["ablation"] = {c["id"]: {k: c.get(k) for k in ("verdict", "estimate", "ci", "unit", "n", "units")}
+        row["ablation"] = {c["id"]: {k: c.get(k) for k in ("verdict", "estimate", "ci", "unit", "n", "units", "note",
+                                                           "readouts_disagree_in_sign")}
                            for c in rec["claims"]}
     dyn = folder / "dynamics" / "dynamics.parquet"
     if dyn.is_file():
@@ -70,7 +72,79 @@ def summarize(folder: Path, act: str) -> dict:
             row["dynamics_note"] = ("baselines, WD and cohort overlap only: the cohort's negative-zeroing is the identity "
                                     f"under ReLU (largest |delta| over checkpoints: {deltas.max():.2g})")
 
+    row["minutes"] = minutes(folder)
     return row
+
+
+def minutes(folder: Path) -> dict[str, float]:
+    """Compute minutes per step as each step recorded it (a reused step keeps its first run's figures): training,
+    scan, pairs, the ablation's conditions, and the dynamics' checkpoints."""
+    def read(step: str, name: str) -> dict:
+        f = folder / step / name
+        return json.loads(f.read_text()) if f.is_file() else {}
+    out = {"train": read("train", "train.json").get("timing", {}).get("seconds_train"),
+           "scan": read("scan", "scan.json").get("timing", {}).get("total_s"),
+           "pairs": read("pairs", "pairs.json").get("timing", {}).get("total_s"),
+           "ablate": sum(read("ablate", "ablation.json").get("seconds_per_condition", {}).values()) or None,
+           "dynamics": sum(read("dynamics", "dynamics.json").get("timing", {}).get("per_checkpoint", {}).values()) or None}
+    return {k: round(v / 60, 1) for k, v in out.items() if v}
+
+
+#: the deciding read-outs of the between-model comparison (accuracy beside), as the ablation decides them
+COMPARED = (("perplexity", "nll"), ("blimp", "margin"), ("blimp", "acc"), ("tse", "margin"), ("tse", "acc"))
+
+
+def final_items(folder: Path) -> dict[str, pd.DataFrame]:
+    """The final checkpoint's baseline item tables, as `negdiff dynamics` scored them (same items for every model)."""
+    final = sorted((folder / "dynamics" / "checkpoints").glob("step*"), key=lambda p: int(p.name[4:]))[-1]
+    base = final / "ablate" / "conditions" / "baseline"
+    return {t: pd.read_parquet(base / f"items_{t}.parquet") for t, _ in COMPARED if (base / f"items_{t}.parquet").is_file()}
+
+
+def between_models(out: Path, pairs: list[tuple[str, str]]) -> list[dict]:
+    """Smooth minus ReLU on the final checkpoints' baselines, paired on the same items: perplexity as a per-window
+    paired t (n - 1 df), BLiMP/TSE as a paired bootstrap over items stratified by paradigm/task. One training run per
+    activation, so an interval covers item sampling only, not training-seed variation: it compares these two
+    trained models, not the activations in general. Holm over the deciding read-outs (the NLL and the two margins)
+    of every pair, two-sided (no direction was declared)."""
+    from negdiff.contrasts import Contrasts
+    from negdiff.result_stats import holm
+
+    rows = []
+    for smooth, relu in pairs:
+        items = {relu: final_items(out / relu), smooth: final_items(out / smooth)}
+        con = Contrasts(items, {}, reference=relu)
+        for task, readout in COMPARED:
+            if task not in items[relu] or task not in items[smooth]:
+                continue
+            iv = con.interval(task, readout, relu, smooth)
+            p2 = None if iv.p_less is None else min(1.0, 2 * min(iv.p_less, iv.p_greater))
+            rows.append({"pair": f"{smooth} - {relu}", "task": task, "readout": readout, "estimate": iv.estimate,
+                         "ci": list(iv.ci) if iv.ci else None, "n": iv.n, "units": iv.units, "method": iv.method,
+                         "p_two_sided": p2, "deciding": readout != "acc"})
+    deciding = [r for r in rows if r["deciding"] and r["p_two_sided"] is not None]
+    for r, adj in zip(deciding, holm([r["p_two_sided"] for r in deciding])):
+        r["p_holm"] = float(adj)
+    return rows
+
+
+def between_table(rows: list[dict]) -> list[str]:
+    """The between-model rows as Markdown: perplexity as a ratio, margins in nats, accuracies in points."""
+    lines = ["| pair | read-out | smooth - ReLU [95% CI] | n | Holm p (two-sided) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["ci"] or (None, None)
+        if r["readout"] == "nll":
+            what = "perplexity ratio"
+            val = f"x{math.exp(r['estimate']):.3f}" + (f" [{math.exp(lo):.3f}, {math.exp(hi):.3f}]" if lo is not None else "")
+        elif r["readout"] == "acc":
+            what = f"{r['task']} accuracy (pts)"
+            val = f"{100 * r['estimate']:+.1f}" + (f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if lo is not None else "")
+        else:
+            what = f"{r['task']} margin (nats{' per token' if r['task'] == 'tse' else ''})"
+            val = f"{r['estimate']:+.4f}" + (f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None else "")
+        holm_p = f"{r['p_holm']:.2g}" if "p_holm" in r else "- (beside)"
+        lines.append(f"| {r['pair']} | {what} | {val} | {r['n']} {r['units']} | {holm_p} |")
+    return lines
 
 
 def main() -> int:
@@ -105,11 +179,68 @@ def main() -> int:
         negdiff("dynamics", "--checkpoints", str(folder / "train"), "--out", str(folder / "dynamics"), *dyn_sizes)
         negdiff("report", str(folder))  # each model's steps in one report.html (scan, pairs, ablate, dynamics)
         summary[f"{arch}-{act}"] = summarize(folder, act)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    lines = table(summary)
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    pairs = [(f"{a}-{act}", f"{a}-relu") for a, act in MODELS if act != "relu" and f"{a}-relu" in summary]
+    between = between_models(out, pairs)
+    (out / "summary.json").write_text(json.dumps({"models": summary, "between_models": between}, indent=1,
+                                                 default=str) + "\n")
+    lines, blines = table(summary), between_table(between)
+    (out / "summary.md").write_text("\n".join(lines) + "\n\n" + "\n".join(blines) + "\n")
+    (out / "index.html").write_text(index_html(lines, summary, blines))
+    print("\n".join(lines + [""] + blines))
+    print(f"wrote {out / 'summary.json'}, {out / 'summary.md'} and {out / 'index.html'}")
     return 0
+
+
+def verdict_text(claim: dict) -> str:
+    """The verdict, a 'holds' qualified as the report qualifies it (inside the equivalence margin; read-outs that
+    disagree in sign), so the table never shows a small effect as a clean one."""
+    text = claim["verdict"]
+    if text == "holds" and "equivalence margin" in (claim.get("note") or ""):
+        text += " (small: inside the equivalence margin)"
+    if text.startswith("holds") and claim.get("readouts_disagree_in_sign"):
+        text += " (read-outs disagree in sign)"
+    return text
+
+
+def index_html(lines: list[str], summary: dict, blines: list[str]) -> str:
+    """One page over the four models: the contrast table (each ablation claim on its own line with the report's
+    verdict badge), what ReLU can and cannot show, each model's report with its compute minutes."""
+    from negdiff.report.page import CSS, badge, esc, md_table
+
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[:1] + lines[2:]]
+    body = []
+    for cells, (name, r) in zip(rows[1:], summary.items()):
+        abl = (esc(r["ablation"]) if isinstance(r["ablation"], str) else "<br>".join(
+            f"{badge(v['verdict'])} {esc(k)}{esc(verdict_text(v)[len(v['verdict']):])}" for k, v in r["ablation"].items()))
+        tds = [f'<td style="white-space:nowrap"><a href="{esc(name)}/report.html">{esc(name)}</a></td>']
+        tds += [f'<td class="num">{esc(c)}</td>' for c in cells[1:-1]] + [f"<td>{abl}</td>"]
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    head = "".join(f"<th>{esc(c)}</th>" for c in rows[0])
+    links = "".join(f'<li><a href="{esc(name)}/report.html">{esc(name)}</a>: {esc(minutes_text(r))}</li>'
+                    for name, r in summary.items())
+    notes = "".join(f"<li>{esc(name)}: {esc(r['dynamics_note'])}</li>" for name, r in summary.items()
+                    if r.get("dynamics_note"))
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>negdiff activation contrast</title>"
+            f"<style>{CSS}</style></head><body><main><h1>The activation contrast from scratch</h1>"
+            "<p class='facts'>train-mini models identical except the MLP activation (same initial weights, data order, "
+            "width and steps); fp32. Both-negative pairs: 95% CI resampling neurons. Ablation verdicts: "
+            "<code>negdiff ablate</code>, Holm over its claims; estimates and intervals in each model's report.</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            "<p>ReLU: zeroing the negative pre-activations is the identity by construction (ReLU already outputs 0 "
+            "there), so the ReLU models' contrast is the WD structure and the pairs analysis; no ablation is run.</p>"
+            + (f"<ul class='findings'>{notes}</ul>" if notes else "")
+            + "<h2>Smooth against ReLU: the final checkpoints' baselines</h2><p>Paired on the same items (perplexity: "
+            "t over windows, n - 1 df; BLiMP/TSE: bootstrap over items within paradigm/task). One training run per "
+            "activation: the intervals cover item sampling, not training-seed variation, so they compare these "
+            "trained models, not the activations in general. Holm, two-sided, over the NLL and margin rows.</p>"
+            + md_table("\n".join(blines), numeric_from=2)
+            + f"<h2>Each model's report (compute minutes per step)</h2><ul class='findings'>{links}</ul>"
+            "</main></body></html>\n")
+
+
+def minutes_text(row: dict) -> str:
+    """'train 26.0, scan 1.2, ...' minutes."""
+    return ", ".join(f"{k} {v:.1f}" for k, v in row.get("minutes", {}).items()) + " min"
 
 
 def table(summary: dict) -> list[str]:
@@ -121,7 +252,7 @@ def table(summary: dict) -> list[str]:
         ci = (f" [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]" if not p.get("too_small") and p.get("ci_low")
               is not None and p["ci_low"] == p["ci_low"] else f" (n = {p.get('n_neurons')} neurons: no interval)")
         abl = r["ablation"] if isinstance(r["ablation"], str) else "; ".join(
-            f"{k}: {v['verdict']}" for k, v in r["ablation"].items())
+            f"{k}: {verdict_text(v)}" for k, v in r["ablation"].items())
         last = (r.get("dynamics") or [{}])[-1]
         base = (f"{last['perplexity_baseline']:.0f} / {100 * last['blimp_baseline']:.1f} / {100 * last['tse_baseline']:.1f}"
                 if "tse_baseline" in last else "-")
