@@ -245,7 +245,7 @@ def minutes_text(row: dict) -> str:
 
 def table(summary: dict) -> list[str]:
     """The contrast as a Markdown table, one row per model."""
-    lines = ["| model | final ppl / BLiMP % / TSE % | WN | median WD WN / rest | share h<0 WN / rest | "
+    lines = ["| model | final ppl / BLiMP % / TSE % (dynamics sizes) | WN | median WD WN / rest | share h<0 WN / rest | "
              "both-negative pairs WN - random | ablation |", "|---|---|---|---|---|---|---|"]
     for name, r in summary.items():
         p = r["pairs_both_negative_wn_minus_random"]

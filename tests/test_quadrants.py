@@ -128,3 +128,15 @@ def test_wide_tables_split_repeating_their_label_columns():
     assert len(tables) == 2 and all(t.count("<th>") <= MAX_COLUMNS for t in tables)
     assert all("<th>condition</th><th>n</th>" in t and "wn_neg" in t for t in tables)
     assert "<th>c0</th>" in tables[0] and "<th>c11</th>" in tables[1] and html.count("<small>") == 12
+
+
+def test_report_without_ablation_says_why_for_relu():
+    """A run with no ablation says the claims were not tested, and for a ReLU model why they cannot be."""
+    from negdiff.report.page import first_screen
+
+    def scan(act: str) -> dict:
+        return {"scan": {"model": {"name": "m", "sites": {"n_layers": 2, "neurons_per_layer": 8, "activation": act}}}}
+
+    relu, gelu = first_screen(scan("relu")), first_screen(scan("gelu"))
+    assert "not tested" in relu and "not tested" in gelu
+    assert "identity" in relu and "identity" not in gelu

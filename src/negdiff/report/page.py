@@ -212,7 +212,10 @@ def first_screen(parts: dict[str, Any]) -> str:
                    "weights, not the full-precision model.</div>")
     a = parts.get("ablate")
     if not a:
-        return "".join(out) + "<p>No ablation in this run: the paper's claims were not tested.</p>"
+        why = (" Under ReLU they cannot be: zeroing the negative pre-activations is the identity (ReLU already outputs 0 "
+               "there), so this model's evidence is the scan's WD structure and the pairs analysis."
+               if str(sites.get("activation", "")).startswith("relu") else "")
+        return "".join(out) + f"<p>No ablation in this run: the paper's claims were not tested.{why}</p>"
     cfg = a.get("config", {})
     sizes = [f"BLiMP {cfg.get('blimp_limit') or 'all'} pairs per paradigm", f"TSE {cfg.get('tse_limit') or 'all'} per task",
              f"non-grammatical {cfg.get('nongram_limit') or 'all'} items per benchmark",
