@@ -50,7 +50,7 @@ def test_tiny_contrast_runs_every_step_and_summarises(tmp_path):
     assert all(r["p_holm"] >= r["p_two_sided"] for r in between if "p_holm" in r)
     assert len(md) == 7 + 2 + 10
     page = (out / "index.html").read_text()
-    assert page.count("/report.html") == 4 and "identity by construction" in page
+    assert page.count("/report.html") == 8 and "identity by construction" in page  # table and list
     assert "not training-seed variation" in page
     # rerunning reuses every step (resumable) and rewrites the same table
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
