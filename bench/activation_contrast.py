@@ -40,6 +40,11 @@ def negdiff(*args: str) -> None:
         sys.exit(rc)
 
 
+def last_step(folder: Path) -> Path:
+    """The latest ``step<N>`` folder in ``folder`` (by N, not by name: step1100 comes after step128)."""
+    return max(folder.glob("step*"), key=lambda p: int(p.name[4:]))
+
+
 def summarize(folder: Path, act: str) -> dict:
     """The contrast's read-outs of one model, from its step folders."""
     table = pd.read_parquet(folder / "scan" / "neurons.parquet")
@@ -96,8 +101,7 @@ COMPARED = (("perplexity", "nll"), ("blimp", "margin"), ("blimp", "acc"), ("tse"
 
 def final_items(folder: Path) -> dict[str, pd.DataFrame]:
     """The final checkpoint's baseline item tables, as `negdiff dynamics` scored them (same items for every model)."""
-    final = sorted((folder / "dynamics" / "checkpoints").glob("step*"), key=lambda p: int(p.name[4:]))[-1]
-    base = final / "ablate" / "conditions" / "baseline"
+    base = last_step(folder / "dynamics" / "checkpoints") / "ablate" / "conditions" / "baseline"
     return {t: pd.read_parquet(base / f"items_{t}.parquet") for t, _ in COMPARED if (base / f"items_{t}.parquet").is_file()}
 
 
@@ -164,7 +168,7 @@ def main() -> int:
         train += TINY if args.tiny else []
         train += ["--steps", args.steps] if args.steps else []
         negdiff(*train)
-        final = sorted((folder / "train").glob("step*"), key=lambda p: int(p.name[4:]))[-1]
+        final = last_step(folder / "train")
         negdiff("scan", str(final), "--out", str(folder / "scan"), *small)
         negdiff("pairs", str(final), "--scan", str(folder / "scan"), "--out", str(folder / "pairs"),
                 *(["--tokens", "2048"] if args.tiny else []))
@@ -185,37 +189,33 @@ def main() -> int:
                                                  default=str) + "\n")
     lines, blines = table(summary), between_table(between)
     (out / "summary.md").write_text("\n".join(lines) + "\n\n" + "\n".join(blines) + "\n")
-    (out / "index.html").write_text(index_html(lines, summary, blines))
+    (out / "index.html").write_text(index_html(summary, blines))
     print("\n".join(lines + [""] + blines))
     print(f"wrote {out / 'summary.json'}, {out / 'summary.md'} and {out / 'index.html'}")
     return 0
 
 
-def verdict_text(claim: dict) -> str:
-    """The verdict, a 'holds' qualified as the report qualifies it (inside the equivalence margin; read-outs that
-    disagree in sign), so the table never shows a small effect as a clean one."""
-    text = claim["verdict"]
-    if text == "holds" and "equivalence margin" in (claim.get("note") or ""):
-        text += " (small: inside the equivalence margin)"
-    if text.startswith("holds") and claim.get("readouts_disagree_in_sign"):
-        text += " (read-outs disagree in sign)"
-    return text
+def qualified(claim: dict) -> str:
+    """What follows a verdict in the tables: the report's qualifications of a "holds" (negdiff.report.claims), so a
+    small effect never reads as a clean one."""
+    from negdiff.report.claims import qualifiers
+
+    return "".join(f" ({q})" for q in qualifiers(claim))
 
 
-def index_html(lines: list[str], summary: dict, blines: list[str]) -> str:
+def index_html(summary: dict, blines: list[str]) -> str:
     """One page over the four models: the contrast table (each ablation claim on its own line with the report's
     verdict badge), what ReLU can and cannot show, each model's report with its compute minutes."""
     from negdiff.report.page import CSS, badge, esc, md_table
 
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[:1] + lines[2:]]
     body = []
-    for cells, (name, r) in zip(rows[1:], summary.items()):
+    for name, r in summary.items():
         abl = (esc(r["ablation"]) if isinstance(r["ablation"], str) else "<br>".join(
-            f"{badge(v['verdict'])} {esc(k)}{esc(verdict_text(v)[len(v['verdict']):])}" for k, v in r["ablation"].items()))
+            f"{badge(v['verdict'])} {esc(k)}{esc(qualified(v))}" for k, v in r["ablation"].items()))
         tds = [f'<td style="white-space:nowrap"><a href="{esc(name)}/report.html">{esc(name)}</a></td>']
-        tds += [f'<td class="num">{esc(c)}</td>' for c in cells[1:-1]] + [f"<td>{abl}</td>"]
+        tds += [f'<td class="num">{esc(c)}</td>' for c in cells(r)] + [f"<td>{abl}</td>"]
         body.append("<tr>" + "".join(tds) + "</tr>")
-    head = "".join(f"<th>{esc(c)}</th>" for c in rows[0])
+    head = "".join(f"<th>{esc(c)}</th>" for c in HEADER)
     links = "".join(f'<li><a href="{esc(name)}/report.html">{esc(name)}</a>: {esc(minutes_text(r))}</li>'
                     for name, r in summary.items())
     notes = "".join(f"<li>{esc(name)}: {esc(r['dynamics_note'])}</li>" for name, r in summary.items()
@@ -243,22 +243,30 @@ def minutes_text(row: dict) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in row.get("minutes", {}).items()) + " min"
 
 
+#: the contrast table's columns: the model, the numeric cells of :func:`cells`, the ablation's verdicts
+HEADER = ("model", "final ppl / BLiMP % / TSE % (dynamics sizes)", "WN", "median WD WN / rest", "share h<0 WN / rest",
+          "both-negative pairs WN - random", "ablation")
+
+
+def cells(r: dict) -> list[str]:
+    """One model's numeric cells (between its name and its ablation), shared by the Markdown and the HTML table."""
+    p = r["pairs_both_negative_wn_minus_random"]
+    ci = (f" [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]" if not p.get("too_small") and p.get("ci_low")
+          is not None and p["ci_low"] == p["ci_low"] else f" (n = {p.get('n_neurons')} neurons: no interval)")
+    last = (r.get("dynamics") or [{}])[-1]
+    base = (f"{last['perplexity_baseline']:.0f} / {100 * last['blimp_baseline']:.1f} / {100 * last['tse_baseline']:.1f}"
+            if "tse_baseline" in last else "-")
+    return [base, str(r["n_wn"]), f"{r['median_wd_wn']:.3f} / {r['median_wd_rest']:.3f}",
+            f"{100 * r['frac_negative_wn']:.1f}% / {100 * r['frac_negative_rest']:.1f}%", f"{100 * p['value']:+.1f} pts{ci}"]
+
+
 def table(summary: dict) -> list[str]:
     """The contrast as a Markdown table, one row per model."""
-    lines = ["| model | final ppl / BLiMP % / TSE % (dynamics sizes) | WN | median WD WN / rest | share h<0 WN / rest | "
-             "both-negative pairs WN - random | ablation |", "|---|---|---|---|---|---|---|"]
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for name, r in summary.items():
-        p = r["pairs_both_negative_wn_minus_random"]
-        ci = (f" [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]" if not p.get("too_small") and p.get("ci_low")
-              is not None and p["ci_low"] == p["ci_low"] else f" (n = {p.get('n_neurons')} neurons: no interval)")
         abl = r["ablation"] if isinstance(r["ablation"], str) else "; ".join(
-            f"{k}: {verdict_text(v)}" for k, v in r["ablation"].items())
-        last = (r.get("dynamics") or [{}])[-1]
-        base = (f"{last['perplexity_baseline']:.0f} / {100 * last['blimp_baseline']:.1f} / {100 * last['tse_baseline']:.1f}"
-                if "tse_baseline" in last else "-")
-        lines.append(f"| {name} | {base} | {r['n_wn']} | {r['median_wd_wn']:.3f} / {r['median_wd_rest']:.3f} | "
-                     f"{100 * r['frac_negative_wn']:.1f}% / {100 * r['frac_negative_rest']:.1f}% | "
-                     f"{100 * p['value']:+.1f} pts{ci} | {abl} |")
+            f"{k}: {v['verdict']}{qualified(v)}" for k, v in r["ablation"].items())
+        lines.append("| " + " | ".join([name, *cells(r), abl]) + " |")
     return lines
 
 

@@ -94,12 +94,26 @@ def human(claim: dict[str, Any]) -> str:
     if acc and acc.get("estimate") is not None:
         lo, hi = acc.get("ci") or (None, None)
         text += f"; accuracy {100 * acc['estimate']:+.1f} pts" + (f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if lo is not None else "")
-    if claim.get("verdict") == "holds":  # a qualified "holds" must not read as a clean one beside its badge
-        if claim.get("readouts_disagree_in_sign"):
-            text += " (the read-outs disagree in sign)"
-        if "equivalence margin" in (claim.get("note") or ""):
-            text += "; small: the estimate is inside the declared equivalence margin"
+    quals = qualifiers(claim)
+    if DISAGREE in quals:
+        text += f" ({DISAGREE})"
+    if SMALL in quals:
+        text += f"; {SMALL}"
     return text
+
+
+DISAGREE = "the read-outs disagree in sign"
+SMALL = "small: the estimate is inside the declared equivalence margin"
+
+
+def qualifiers(claim: dict[str, Any]) -> list[str]:
+    """What keeps a "holds" from reading as a clean one beside its badge: read-outs that disagree in sign, and an
+    estimate inside the declared equivalence margin (decide.py says so in the claim's note, which older records
+    carry too, so the note is what is read)."""
+    if claim.get("verdict") != "holds":
+        return []
+    return [q for q, on in ((DISAGREE, claim.get("readouts_disagree_in_sign")),
+                            (SMALL, "equivalence margin" in (claim.get("note") or ""))) if on]
 
 
 def n_text(claim: dict[str, Any]) -> str:
